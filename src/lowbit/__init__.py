@@ -1,0 +1,21 @@
+"""lowbit: quantization-aware training of low-bit neural networks in PyTorch."""
+
+from lowbit.errors import LowbitError
+from lowbit.nn import QConv2d, QLinear, quantize
+from lowbit.quant.levels import levels
+from lowbit.quant.project import project_to_levels
+from lowbit.quant.registry import available_methods, get_method, register_method
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LowbitError",
+    "QConv2d",
+    "QLinear",
+    "available_methods",
+    "get_method",
+    "levels",
+    "project_to_levels",
+    "quantize",
+    "register_method",
+]

@@ -1,0 +1,1 @@
+"""Quantizers: pure tensor functions and the small modules that hold their parameters."""

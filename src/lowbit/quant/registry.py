@@ -1,0 +1,81 @@
+"""One table from method names to quantizer factories.
+
+Adding a method is one module under ``lowbit.quant`` and one ``register_method`` line here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
+
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.quant.rcf import RCFQuantizer
+
+QuantizerFactory = Callable[..., nn.Module]
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method quantizes a layer: factories called as ``factory(bits, **options)``."""
+
+    name: str
+    weight_quantizer: QuantizerFactory
+    input_quantizer: QuantizerFactory
+    min_bits: int
+    max_bits: int
+    summary: str
+
+    def check_bits(self, bits: int, what: str = "bits") -> None:
+        if isinstance(bits, bool) or not isinstance(bits, int):
+            raise LowbitError(f"{what} must be a whole number, got {bits!r}")
+        if not self.min_bits <= bits <= self.max_bits:
+            raise LowbitError(
+                f"method {self.name!r} supports {self.min_bits}..{self.max_bits} bits, "
+                f"got {what}={bits}"
+            )
+
+
+_METHODS: dict[str, Method] = {}
+
+
+def register_method(method: Method) -> Method:
+    """Add ``method`` to the registry (its name must be new)."""
+    if method.name in _METHODS:
+        raise ValueError(f"method {method.name!r} is already registered")
+    _METHODS[method.name] = method
+    return method
+
+
+def get_method(name: str) -> Method:
+    """The registered method ``name``; a clear error lists the known names otherwise."""
+    try:
+        return _METHODS[name]
+    except KeyError:
+        raise LowbitError(
+            f"unknown method {name!r}; available: {', '.join(available_methods())}"
+        ) from None
+
+
+def available_methods() -> list[str]:
+    """Names of the registered methods, sorted."""
+    return sorted(_METHODS)
+
+
+def _rcf_method(level_set: str, summary: str) -> Method:
+    # APoT §4.2 CIFAR init: alpha 3.0 on normalized weights, 8.0 on activations.
+    return Method(
+        name=level_set,
+        weight_quantizer=partial(RCFQuantizer, level_set, signed=True, alpha=3.0, normalize=True),
+        input_quantizer=partial(RCFQuantizer, level_set, signed=False, alpha=8.0),
+        min_bits=2,
+        max_bits=8,
+        summary=summary,
+    )
+
+
+register_method(_rcf_method("apot", "APoT: additive powers-of-two levels, RCF, weight norm"))
+register_method(_rcf_method("pot", "powers-of-two levels, RCF, weight norm (APoT Table 3)"))
+register_method(_rcf_method("uniform", "uniform levels, RCF, weight norm (APoT Table 3)"))
