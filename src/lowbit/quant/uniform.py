@@ -1,0 +1,259 @@
+"""Uniform quantizers with a learned step size: UniQ (Eq. 3-6) and LSQ (Esser et al. 2020).
+
+Three grids, all ``step * q`` for codes ``q`` between ``q_min`` and ``q_max``:
+
+* ``"symmetric"`` (UniQ weights, Eq. 3-4): ``N = 2**bits`` half-integer codes
+  ``+-1/2, +-3/2, ..., +-(N-1)/2``; no zero level, ``alpha = step (N-1)/2``; 1 bit is
+  binarization ``+-step/2``.
+* ``"signed"`` (LSQ weights): two's-complement codes ``-2**(b-1) .. 2**(b-1)-1`` (one more
+  negative level; UniQ calls this semi-symmetric).
+* ``"unsigned"`` (activations, UniQ Eq. 5 and LSQ alike): codes ``0 .. 2**bits - 1``.
+
+The step gets LSQ's gradient scale ``g = 1/sqrt(n Q_P)`` (``n`` the elements per step size:
+per output channel when kernel-wise) and no other special treatment.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Union
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.quant.init import lsq_step, mse_activation_step, mse_weight_step
+
+MAX_BITS = 8
+GRIDS = ("symmetric", "signed", "unsigned")
+# An unsigned quantizer zeroes negative inputs; past this fraction that is likely a mistake.
+NEGATIVE_FRACTION = 0.01
+# Keeps a step computed from an all-zero tensor (a dead channel) positive.
+MIN_STEP = 1e-8
+
+Init = Union[str, float]
+
+
+class _LearnedStepQuantize(torch.autograd.Function):
+    """``step * clip(round(x / step))`` with straight-through rounding.
+
+    Autograd of the same formula gives these gradients but records five elementwise ops and
+    saves their inputs; this Function saves only ``x`` and the output, keeping the cost within
+    a few passes over memory. Backward: ``x`` passes straight through inside the clipping range
+    and gets 0 outside. For the step, ``dQ/dstep = q - x/step`` inside (UniQ Eq. 6, first
+    case) and ``q`` outside (the clipped code), i.e. ``(Q - x [inside]) / step`` everywhere:
+    two dot products for a layer-wise step. Times the gradient scale ``g``.
+    """
+
+    @staticmethod
+    def forward(ctx, x, step, q_min, q_max, symmetric, grad_scale):
+        code = x / step
+        if symmetric:
+            # Sign-magnitude rounding, so Q(-x) = -Q(x) holds exactly, even at ties and at -0.
+            code.abs_().floor_().clamp_(max=q_max - 0.5).add_(0.5).copysign_(x)
+        else:
+            code.round_().clamp_(q_min, q_max)
+        out = code.mul_(step)
+        ctx.q_min, ctx.q_max, ctx.grad_scale = q_min, q_max, grad_scale
+        ctx.save_for_backward(x, out, step)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, out, step = ctx.saved_tensors
+        inside = (x >= ctx.q_min * step) & (x <= ctx.q_max * step)
+        grad_x = torch.where(inside, grad_out, 0.0)
+        grad_step = None
+        if ctx.needs_input_grad[1]:
+            if step.numel() == 1:
+                flat_g, flat_gx = grad_out.reshape(-1), grad_x.reshape(-1)
+                total = flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))
+            else:
+                total = (grad_out * out - grad_x * x).sum_to_size(step.shape)
+            grad_step = (total * (ctx.grad_scale / step)).reshape(step.shape)
+        return grad_x, grad_step, None, None, None, None
+
+
+def learned_step_quantize(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    q_min: float,
+    q_max: float,
+    symmetric: bool = False,
+    grad_scale: float = 1.0,
+) -> torch.Tensor:
+    """``step * clip(round(x / step), q_min, q_max)`` with the STE gradients of UniQ Eq. 6.
+
+    ``step`` is a scalar or broadcasts against ``x`` (``(C, 1, 1, 1)`` for kernel-wise conv
+    weights). ``symmetric=True`` rounds to the half-integer codes of UniQ Eq. 3-4 (``q_min =
+    -q_max = -(N-1)/2``); otherwise codes are integers, rounded half to even. ``grad_scale``
+    multiplies the step's gradient (LSQ's ``g``).
+    """
+    return _LearnedStepQuantize.apply(x, step.to(x.dtype), q_min, q_max, symmetric, grad_scale)
+
+
+def code_range(grid: str, bits: int) -> tuple[float, float]:
+    """``(q_min, q_max)`` of a grid at ``bits`` bits."""
+    if grid == "symmetric":
+        half = (2**bits - 1) / 2
+        return -half, half
+    if grid == "signed":
+        return -(2.0 ** (bits - 1)), 2.0 ** (bits - 1) - 1
+    return 0.0, 2.0**bits - 1
+
+
+def positive_levels(grid: str, bits: int) -> int:
+    """LSQ's ``Q_P`` (the gradient scale and LSQ init use it): ``2**b - 1`` unsigned,
+    ``2**(b-1) - 1`` signed; UniQ's authors use ``max(2**(b-1) - 1, 1)`` for weights."""
+    if grid == "unsigned":
+        return 2**bits - 1
+    return max(2 ** (bits - 1) - 1, 1)
+
+
+class LearnedStepQuantizer(nn.Module):
+    """A uniform quantizer on ``grid`` whose step size is learned (UniQ §4.1, LSQ).
+
+    ``init`` sets the first step size: ``"mse"`` (UniQ §4.2, Eq. 9 for weights, Eq. 10 for
+    activations; not defined for the ``"signed"`` grid), ``"lsq"`` (``2 E|X| / sqrt(Q_P)``) or a
+    number (UniQ Table 5 uses 0.1 and 0.2). ``per_channel`` gives one step per output channel
+    (dim 0 of the weight: "kernel-wise"); activations (``"unsigned"``) are layer-wise.
+
+    The step is set from data, under ``no_grad``, by ``initialize``: on the first ``observe``
+    (calibration, ``lowbit.nn.calibrate``) or else on the first forward. Weight quantizers use
+    the first tensor they see; activation quantizers keep the maximum of the per-batch
+    estimates over every batch observed before training starts (UniQ §4.2). A step loaded from
+    a state dict is kept as it is.
+    """
+
+    def __init__(
+        self, bits: int, grid: str, init: Init = "mse", per_channel: bool = False
+    ) -> None:
+        super().__init__()
+        if grid not in GRIDS:
+            raise LowbitError(f"grid must be one of {GRIDS}, got {grid!r}")
+        min_bits = 2 if grid == "signed" else 1  # one two's-complement bit is the sign alone
+        if isinstance(bits, bool) or not isinstance(bits, int) or not min_bits <= bits <= MAX_BITS:
+            raise LowbitError(
+                f"a {grid} quantizer needs bits in {min_bits}..{MAX_BITS}, got {bits!r}"
+            )
+        _check_init(init, grid)
+        if per_channel and grid == "unsigned":
+            raise LowbitError("activation quantizers are layer-wise; drop per_channel=True")
+        self.bits, self.grid, self.init, self.per_channel = bits, grid, init, per_channel
+        self.q_min, self.q_max = code_range(grid, bits)
+        self.q_p = positive_levels(grid, bits)
+        # A placeholder until initialize(): the number of channels is known only from data.
+        self.step = nn.Parameter(torch.ones(()))
+        self.initialized = False
+        self._calibrating = False
+        self._warned_negative = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.initialized:
+            self.initialize(x)
+        if self.training:
+            self._calibrating = False
+        step = self.step
+        if step.dim() == 1:
+            step = step.view(-1, *([1] * (x.dim() - 1)))
+        grad_scale = 1.0 / math.sqrt(x.numel() / self.step.numel() * self.q_p)
+        return learned_step_quantize(
+            x, step, self.q_min, self.q_max, self.grid == "symmetric", grad_scale
+        )
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Calibration hook: initialize from ``x``; activations keep the running maximum."""
+        if not self.initialized:
+            self.initialize(x)
+            self._calibrating = self.grid == "unsigned"
+        elif self._calibrating:
+            self._set_step(torch.maximum(self.step, self.initial_step(x).to(self.step)))
+
+    @torch.no_grad()
+    def initialize(self, x: torch.Tensor) -> None:
+        """Set the step from ``x`` with the ``init`` rule (outside autograd)."""
+        self._set_step(self.initial_step(x))
+        self.initialized = True
+
+    def initial_step(self, x: torch.Tensor) -> torch.Tensor:
+        """The ``init`` rule's step for the tensor ``x`` (shape ``(C,)`` when per-channel)."""
+        if self.grid == "unsigned":
+            self._warn_if_negative(x)
+        n_levels = 2**self.bits
+        if self.init == "lsq":
+            step = lsq_step(x, self.q_p, self.per_channel)
+        elif self.init == "mse" and self.grid == "unsigned":
+            step = mse_activation_step(x, n_levels)
+        elif self.init == "mse":
+            step = mse_weight_step(x, n_levels, self.per_channel)
+        else:
+            shape = (x.shape[0],) if self.per_channel else ()
+            step = torch.full(shape, float(self.init), device=x.device)
+        return step.clamp(min=MIN_STEP)
+
+    def _set_step(self, value: torch.Tensor) -> None:
+        if self.step.shape != value.shape:
+            self.step.set_(self.step.new_empty(value.shape))
+        self.step.copy_(value)
+
+    def _warn_if_negative(self, x: torch.Tensor) -> None:
+        if self._warned_negative or x.numel() == 0:
+            return
+        fraction = float((x < 0).float().mean())
+        if fraction > NEGATIVE_FRACTION:
+            self._warned_negative = True
+            warnings.warn(
+                f"an unsigned {self.bits}-bit activation quantizer sees {fraction:.0%} negative "
+                "inputs: the layer's input can be negative and unsigned quantization will zero "
+                "it; keep that layer float (quantize(..., overrides={name: None})) or give it "
+                "non-negative inputs (e.g. a ReLU before it)",
+                stacklevel=2,
+            )
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        saved = state_dict.get(prefix + "step")
+        if saved is not None:
+            with torch.no_grad():
+                self._set_step(saved)
+            self.initialized, self._calibrating = True, False
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        channel = ", per_channel" if self.per_channel else ""
+        return f"{self.grid}, bits={self.bits}, init={self.init!r}{channel}"
+
+
+def _check_init(init: Init, grid: str) -> None:
+    if isinstance(init, str):
+        if init not in ("mse", "lsq"):
+            raise LowbitError(f"init must be 'mse', 'lsq' or a positive number, got {init!r}")
+        if init == "mse" and grid == "signed":
+            raise LowbitError(
+                "the MSE init is derived for UniQ's grids; use init='lsq' or a number"
+            )
+    elif isinstance(init, bool) or not isinstance(init, (int, float)) or not init > 0:
+        raise LowbitError(f"init must be 'mse', 'lsq' or a positive number, got {init!r}")
+
+
+def uniq_weight_quantizer(
+    bits: int, init: Init = "mse", per_channel: bool = True
+) -> LearnedStepQuantizer:
+    """UniQ weights: symmetric grid (Eq. 3), kernel-wise by default (§5.1)."""
+    return LearnedStepQuantizer(bits, "symmetric", init, per_channel)
+
+
+def uniq_input_quantizer(bits: int, init: Init = "mse") -> LearnedStepQuantizer:
+    """UniQ activations: unsigned grid with a zero level (Eq. 5), layer-wise."""
+    return LearnedStepQuantizer(bits, "unsigned", init)
+
+
+def lsq_weight_quantizer(bits: int, per_channel: bool = False) -> LearnedStepQuantizer:
+    """LSQ weights: two's-complement grid, ``2 E|W| / sqrt(Q_P)`` init, layer-wise."""
+    return LearnedStepQuantizer(bits, "signed", "lsq", per_channel)
+
+
+def lsq_input_quantizer(bits: int) -> LearnedStepQuantizer:
+    """LSQ activations: unsigned grid, ``2 E|X| / sqrt(Q_P)`` init."""
+    return LearnedStepQuantizer(bits, "unsigned", "lsq")
