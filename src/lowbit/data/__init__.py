@@ -1,6 +1,7 @@
 """Data sets: the embedded default, and loaders for the real on-disk formats."""
 
-from lowbit.data import digits  # noqa: F401  (registers "digits")
+# Importing a data set's module registers it.
+from lowbit.data import cifar, digits, image_folder, imagenet, mnist  # noqa: F401
 from lowbit.data.registry import DataBundle, available_datasets, build_data, register_dataset
 
 __all__ = ["DataBundle", "available_datasets", "build_data", "register_dataset"]
