@@ -47,8 +47,15 @@ def build_digits(options: DataOptions) -> DataBundle:
         train_x, train_y = train_x[: options.limit], train_y[: options.limit]
     common = dict(mean=MEAN, std=STD, device=options.device, seed=options.seed)
     train = TensorLoader(
-        train_x, train_y, options.batch_size, shuffle=True, augment=True, pad=1,
-        rank=options.rank, world_size=options.world_size, **common,
+        train_x,
+        train_y,
+        options.batch_size,
+        shuffle=True,
+        augment=True,
+        pad=1,
+        rank=options.rank,
+        world_size=options.world_size,
+        **common,
     )
     test = TensorLoader(test_x, test_y, options.eval_batch_size, **common)
     return DataBundle(train, test, NUM_CLASSES, in_channels=1, image_size=8)

@@ -67,5 +67,7 @@ def available_datasets() -> list[str]:
 def build_data(name: str, **options: Any) -> DataBundle:
     """Loaders for data set ``name`` (see ``DataOptions`` for the options)."""
     if name not in _DATASETS:
-        raise LowbitError(f"unknown data set {name!r}; available: {', '.join(available_datasets())}")
+        raise LowbitError(
+            f"unknown data set {name!r}; available: {', '.join(available_datasets())}"
+        )
     return _DATASETS[name](DataOptions(**options))

@@ -34,9 +34,16 @@ class QConv2d(nn.Conv2d):
     ) -> QConv2d:
         """A QConv2d that shares ``conv``'s parameters (no copy)."""
         q = cls(
-            conv.in_channels, conv.out_channels, conv.kernel_size, stride=conv.stride,
-            padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
-            bias=conv.bias is not None, padding_mode=conv.padding_mode, device="meta",
+            conv.in_channels,
+            conv.out_channels,
+            conv.kernel_size,
+            stride=conv.stride,
+            padding=conv.padding,
+            dilation=conv.dilation,
+            groups=conv.groups,
+            bias=conv.bias is not None,
+            padding_mode=conv.padding_mode,
+            device="meta",
         )
         return _adopt(q, conv, weight_quantizer, input_quantizer)
 
@@ -59,8 +66,9 @@ class QLinear(nn.Linear):
         input_quantizer: nn.Module | None,
     ) -> QLinear:
         """A QLinear that shares ``linear``'s parameters (no copy)."""
-        q = cls(linear.in_features, linear.out_features, bias=linear.bias is not None,
-                device="meta")
+        q = cls(
+            linear.in_features, linear.out_features, bias=linear.bias is not None, device="meta"
+        )
         return _adopt(q, linear, weight_quantizer, input_quantizer)
 
 

@@ -78,7 +78,9 @@ def quantize(
     spec.check_bits(bits)
     if first_last_bits is not None:
         if isinstance(first_last_bits, int) and first_last_bits < 2:
-            raise LowbitError(f"first_last_bits must be at least 2 (or None), got {first_last_bits}")
+            raise LowbitError(
+                f"first_last_bits must be at least 2 (or None), got {first_last_bits}"
+            )
         spec.check_bits(first_last_bits, "first_last_bits")
     layers = quantizable_layers(model)
     if not layers:
@@ -94,8 +96,12 @@ def quantize(
         if plan[name] is None:
             continue
         quantized = _quantized_layer(
-            spec, layer, plan[name], quantize_input=index > 0,
-            weight_options=weight_options or {}, input_options=input_options or {},
+            spec,
+            layer,
+            plan[name],
+            quantize_input=index > 0,
+            weight_options=weight_options or {},
+            input_options=input_options or {},
         )
         _set_submodule(model, name, quantized)
     return model

@@ -73,9 +73,7 @@ def levels(name: str, bits: int, signed: bool = False) -> torch.Tensor:
     min_bits = 2 if signed else 1
     if not isinstance(bits, int) or not min_bits <= bits <= MAX_BITS:
         kind = "signed" if signed else "unsigned"
-        raise LowbitError(
-            f"{kind} {name} levels need bits in {min_bits}..{MAX_BITS}, got {bits!r}"
-        )
+        raise LowbitError(f"{kind} {name} levels need bits in {min_bits}..{MAX_BITS}, got {bits!r}")
     magnitude_bits = bits - 1 if signed else bits
     magnitudes = torch.tensor(sorted(set(MAGNITUDES[name](magnitude_bits))), dtype=torch.float64)
     magnitudes = magnitudes / magnitudes.max()

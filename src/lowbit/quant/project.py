@@ -11,7 +11,9 @@ Two exact ways, chosen by the level set, both elementwise (nothing of size
 * **Binary search** otherwise: ``torch.bucketize`` among the boundaries, then a gather.
 
 Tie rule (both ways): a value exactly half-way between two levels goes to the larger level,
-as in round-half-up. Values outside ``[levels[0], levels[-1]]`` go to the end levels.
+as in round-half-up (for half-way points that floating point represents exactly; others are
+decided by the rounding of ``x``). Values outside ``[levels[0], levels[-1]]`` go to the end
+levels.
 """
 
 from __future__ import annotations
@@ -72,7 +74,9 @@ def project_on_grid(
     return table.index_select(0, index.reshape(-1)).view_as(x)
 
 
-def project_by_search(x: torch.Tensor, levels: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+def project_by_search(
+    x: torch.Tensor, levels: torch.Tensor, boundaries: torch.Tensor
+) -> torch.Tensor:
     """Nearest of ``levels`` by binary search among ``boundaries`` (scaled alike)."""
     index = torch.bucketize(x, boundaries, out_int32=True, right=True)
     return levels.index_select(0, index.reshape(-1)).view_as(x)

@@ -22,7 +22,7 @@ class _RCF(torch.autograd.Function):
     scaled instead of the tensor). Backward: straight-through for ``x`` inside the clipping
     range, zero outside; for alpha, ``Pi(x/alpha) - x/alpha`` inside and ``sign(x)`` outside
     (Eq. 8). Outside the range ``Pi(x/alpha) = sign(x)``, so the alpha gradient is
-    ``sum(g * q) - sum(g_x * x) / alpha``: two dot products and no extra tensor.
+    ``(sum(g * out) - sum(g_x * x)) / alpha``: two dot products, no extra tensor.
     """
 
     @staticmethod
@@ -43,7 +43,7 @@ class _RCF(torch.autograd.Function):
         grad_alpha = None
         if ctx.needs_input_grad[1]:
             flat_g, flat_gx = grad_out.reshape(-1), grad_x.reshape(-1)
-            grad_alpha = flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1)) / alpha
+            grad_alpha = (flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))) / alpha
             grad_alpha = grad_alpha.reshape(alpha.shape)
         return grad_x, grad_alpha, None, None, None, None
 
@@ -108,4 +108,3 @@ class RCFQuantizer(nn.Module):
         kind = "signed" if self.signed else "unsigned"
         norm = ", weight_norm" if self.normalize else ""
         return f"{self.level_set}, bits={self.bits}, {kind}{norm}"
-

@@ -1,0 +1,120 @@
+"""Run configuration: plain nested values, a YAML recipe on top, ``--set key=value`` last.
+
+A recipe only sets values that ``DEFAULTS`` already has, so a typo is an error, not a silently
+ignored key. The resolved configuration is written into every run directory.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lowbit.errors import LowbitError
+
+# The embedded default run: digits, small CNN, float pre-training then APoT 4-bit fine-tuning.
+DEFAULTS: dict[str, Any] = {
+    "paper": None,  # what a recipe reproduces: table, row and the paper's number
+    "seed": 0,
+    "device": "auto",
+    "out": "runs",
+    "model": {"name": "small_cnn", "options": {}},
+    "data": {
+        "name": "digits",
+        "dir": None,
+        "limit": None,
+        "batch_size": 64,
+        "eval_batch_size": 512,
+        "workers": 4,
+    },
+    "method": "apot",
+    "bits": 4,
+    "first_last_bits": 8,
+    "overrides": {},
+    "weight_options": {},
+    "input_options": {},
+    "init": None,  # checkpoint to start from (progressive initialization)
+    "float_epochs": 15,  # float training before quantization; 0 = start quantized
+    "float_lr": 0.1,
+    "epochs": 15,
+    "calibrate_batches": 0,
+    "optimizer": {
+        "name": "sgd",
+        "lr": 0.04,
+        "momentum": 0.9,
+        "nesterov": False,
+        "weight_decay": 5e-4,
+        "betas": [0.9, 0.999],
+    },
+    # Quantizer parameters (alpha, step sizes) get their own lr and weight decay (APoT §C.2).
+    "quantizer_optim": {
+        "weight_lr": None,
+        "input_lr": None,
+        "weight_decay": 1e-4,
+    },
+    "schedule": {"name": "cosine", "warmup_epochs": 0, "milestones": [], "gamma": 0.1},
+    "label_smoothing": 0.0,
+}
+
+
+# Mappings whose keys are the user's (layer patterns, quantizer or model options).
+FREE_FORM = {"model.options", "overrides", "weight_options", "input_options"}
+
+
+def merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> dict[str, Any]:
+    """``base`` updated by ``update``, recursively; a key unknown to ``base`` is an error
+    except inside the ``FREE_FORM`` mappings."""
+    result = copy.deepcopy(base)
+    strict = where.rstrip(".") not in FREE_FORM
+    for key, value in update.items():
+        path = f"{where}{key}"
+        if strict and key not in result:
+            known = ", ".join(sorted(base))
+            raise LowbitError(f"unknown config key {path!r}; known keys here: {known}")
+        if isinstance(result.get(key), dict) and isinstance(value, Mapping):
+            result[key] = merge(result[key], value, f"{path}.")
+        else:
+            result[key] = copy.deepcopy(value)
+    return result
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """``"data.limit=2000"`` -> ``{"data": {"limit": 2000}}`` (values parsed as YAML)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key:
+        raise LowbitError(f"--set takes KEY=VALUE, got {text!r}")
+    try:
+        value = yaml.safe_load(raw) if raw else None
+    except yaml.YAMLError as error:
+        raise LowbitError(f"cannot parse the value in --set {text!r}: {error}") from None
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise LowbitError(f"recipe {str(path)!r} does not exist")
+    try:
+        recipe = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as error:
+        raise LowbitError(f"recipe {str(path)!r} is not valid YAML: {error}") from None
+    if not isinstance(recipe, dict):
+        raise LowbitError(f"recipe {str(path)!r} must be a mapping of config keys")
+    return recipe
+
+
+def resolve_config(
+    recipe: str | Path | None = None, overrides: Iterable[str] = ()
+) -> dict[str, Any]:
+    """DEFAULTS, then the recipe, then each ``--set`` override in order."""
+    config = DEFAULTS
+    if recipe is not None:
+        config = merge(config, load_recipe(recipe))
+    for text in overrides:
+        config = merge(config, parse_override(text))
+    return config

@@ -1,0 +1,89 @@
+"""One training epoch and one evaluation pass, shared by every method and command."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+
+class QuantizerHooks:
+    """The optional per-step hooks of quantizers: ``set_progress(fraction)`` before each
+    step (annealing, schedules) and ``regularization_loss()`` added to the loss (DropBits)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        modules = list(model.modules())
+        self.progress = [m for m in modules if callable(getattr(m, "set_progress", None))]
+        self.regularizers = [
+            m for m in modules if callable(getattr(m, "regularization_loss", None))
+        ]
+
+    def set_progress(self, fraction: float) -> None:
+        for module in self.progress:
+            module.set_progress(fraction)
+
+    def regularization_loss(self) -> torch.Tensor | float:
+        return sum((m.regularization_loss() for m in self.regularizers), 0.0)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    epoch: int,
+    epochs: int,
+    label_smoothing: float = 0.0,
+    desc: str = "train",
+) -> dict[str, float]:
+    """Train for one epoch; returns mean loss and top-1 on the training batches.
+
+    Running sums stay on the device (no per-step ``.item()``), so the loop never waits on it.
+    """
+    model.train()
+    loader.set_epoch(epoch)
+    hooks = QuantizerHooks(model)
+    steps = len(loader)
+    loss_sum = correct = torch.zeros((), dtype=torch.float64)
+    seen = 0
+    for step, (images, labels) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
+        hooks.set_progress((epoch * steps + step) / (epochs * steps))
+        logits = model(images)
+        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        loss = loss + hooks.regularization_loss()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        if loss_sum.device != loss.device:
+            loss_sum, correct = loss_sum.to(loss.device), correct.to(loss.device)
+        loss_sum = loss_sum + loss.detach() * labels.numel()
+        correct = correct + (logits.detach().argmax(1) == labels).sum()
+        seen += labels.numel()
+    return {
+        "train_loss": float(loss_sum) / max(seen, 1),
+        "train_top1": 100 * float(correct) / max(seen, 1),
+    }
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Any, desc: str = "eval") -> dict[str, float]:
+    """Top-1, top-5 (in %), mean cross-entropy and sample count over ``loader``."""
+    was_training = model.training
+    model.eval()
+    loss_sum = top1 = top5 = 0.0
+    seen = 0
+    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
+        logits = model(images)
+        loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
+        best = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hits = best == labels[:, None]
+        top1 += float(hits[:, 0].sum())
+        top5 += float(hits.any(dim=1).sum())
+        seen += labels.numel()
+    model.train(was_training)
+    n = max(seen, 1)
+    return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss_sum / n, "n": seen}

@@ -1,0 +1,90 @@
+"""Optimizers with parameter groups for quantizer parameters, and per-step lr schedules."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+
+
+def parameter_groups(model: nn.Module, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """Network weights, weight-quantizer and input-quantizer parameters as three groups.
+
+    Quantizer parameters (clipping thresholds, step sizes) get ``quantizer_optim``'s lr and
+    weight decay (APoT §C.2 trains alpha at its own lr; UniQ uses no decay on step sizes).
+    """
+    optim, quant = config["optimizer"], config["quantizer_optim"]
+    groups: dict[str, list[nn.Parameter]] = {
+        "weights": [],
+        "weight_quantizer": [],
+        "input_quantizer": [],
+    }
+    for name, parameter in model.named_parameters():
+        if not parameter.requires_grad:
+            continue
+        dotted = f".{name}"
+        if ".weight_quantizer." in dotted:
+            groups["weight_quantizer"].append(parameter)
+        elif ".input_quantizer." in dotted:
+            groups["input_quantizer"].append(parameter)
+        else:
+            groups["weights"].append(parameter)
+    lr = optim["lr"]
+    settings = {
+        "weights": (lr, optim["weight_decay"]),
+        "weight_quantizer": (quant["weight_lr"] or lr, quant["weight_decay"]),
+        "input_quantizer": (quant["input_lr"] or lr, quant["weight_decay"]),
+    }
+    return [
+        {"params": params, "lr": settings[key][0], "weight_decay": settings[key][1], "name": key}
+        for key, params in groups.items()
+        if params
+    ]
+
+
+def build_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov), Adam or AdamW over ``parameter_groups``."""
+    optim = config["optimizer"]
+    groups = parameter_groups(model, config)
+    name = optim["name"].lower()
+    if name == "sgd":
+        return torch.optim.SGD(
+            groups, lr=optim["lr"], momentum=optim["momentum"], nesterov=optim["nesterov"]
+        )
+    if name in ("adam", "adamw"):
+        cls = torch.optim.Adam if name == "adam" else torch.optim.AdamW
+        return cls(groups, lr=optim["lr"], betas=tuple(optim["betas"]))
+    raise LowbitError(f"unknown optimizer {optim['name']!r}; choose sgd, adam or adamw")
+
+
+def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: dict[str, Any]) -> float:
+    """Multiplier of the base lr at optimizer step ``step``: linear warm-up, then cosine to
+    zero, multistep decay at epoch ``milestones``, or constant."""
+    total = max(1, steps_per_epoch * epochs)
+    warmup = int(schedule["warmup_epochs"] * steps_per_epoch)
+    if step < warmup:
+        return (step + 1) / warmup
+    name = schedule["name"]
+    if name == "cosine":
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    if name == "multistep":
+        epoch = step / steps_per_epoch
+        passed = sum(1 for milestone in schedule["milestones"] if epoch >= milestone)
+        return schedule["gamma"] ** passed
+    if name == "constant":
+        return 1.0
+    raise LowbitError(f"unknown schedule {name!r}; choose cosine, multistep or constant")
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, schedule: dict[str, Any]
+) -> torch.optim.lr_scheduler.LambdaLR:
+    lr_factor(0, steps_per_epoch, epochs, schedule)  # validate the name before training starts
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, schedule)
+    )

@@ -1,0 +1,271 @@
+"""A training run: data, model, optional float pre-training, quantization, fine-tuning.
+
+One run is one directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch),
+``last.pt`` (after every epoch, atomic), ``best.pt``, ``float.pt`` (end of float
+pre-training) and ``summary.json``. ``resume(run_dir)`` continues from ``last.pt``; every
+epoch reseeds from ``(seed, stage, epoch)``, so a resumed run ends bitwise equal to an
+uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from tqdm import tqdm
+
+import lowbit
+from lowbit.data import available_datasets, build_data
+from lowbit.errors import LowbitError
+from lowbit.models import available_models, build_model
+from lowbit.nn.calibrate import calibrate
+from lowbit.quant.registry import get_method
+from lowbit.train.checkpoint import load_checkpoint, load_matching, save_checkpoint
+from lowbit.train.loop import evaluate, train_one_epoch
+from lowbit.train.optim import build_optimizer, build_scheduler, lr_factor
+
+STAGES = ("float", "quant")
+
+
+@dataclass
+class RunState:
+    """What a run knows between epochs and across a resume."""
+
+    stage: str = "float"
+    epoch: int = 0  # epochs completed in ``stage``
+    best_top1: float = -1.0
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)  # stage -> final metrics
+    seconds: dict[str, float] = field(default_factory=dict)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise LowbitError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise LowbitError("device cuda was asked for, but PyTorch sees no GPU here")
+    return device
+
+
+def check_config(config: dict[str, Any]) -> None:
+    """Fail on bad names and bits before anything is written or trained."""
+    model_names, data_names = available_models(), available_datasets()
+    if config["model"]["name"] not in model_names:
+        raise LowbitError(
+            f"unknown model {config['model']['name']!r}; available: {', '.join(model_names)}"
+        )
+    if config["data"]["name"] not in data_names:
+        raise LowbitError(
+            f"unknown data set {config['data']['name']!r}; available: {', '.join(data_names)}"
+        )
+    if config["epochs"]:
+        method = get_method(config["method"])
+        method.check_bits(config["bits"])
+        if config["first_last_bits"] is not None:
+            method.check_bits(config["first_last_bits"], "first_last_bits")
+    _stage_plan(config)
+    lr_factor(0, 1, 1, config["schedule"])
+
+
+def new_run_dir(config: dict[str, Any]) -> Path:
+    label = config["method"] if config["epochs"] else "float"
+    bits = f"-{config['bits']}bit" if config["epochs"] else ""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(config["out"]) / f"{stamp}-{config['model']['name']}-{label}{bits}"
+    run_dir, n = base, 1
+    while run_dir.exists():
+        n += 1
+        run_dir = base.with_name(f"{base.name}-{n}")
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def quantize_from_config(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    return lowbit.quantize(
+        model,
+        config["method"],
+        config["bits"],
+        config["first_last_bits"],
+        overrides=config["overrides"],
+        weight_options=config["weight_options"],
+        input_options=config["input_options"],
+    )
+
+
+def _log(run_dir: Path, record: dict[str, Any]) -> None:
+    with open(run_dir / "metrics.jsonl", "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _stage_plan(config: dict[str, Any]) -> list[tuple[str, int, float]]:
+    plan = []
+    if config["float_epochs"] and config["init"] is None:
+        plan.append(("float", config["float_epochs"], config["float_lr"]))
+    if config["epochs"]:
+        plan.append(("quant", config["epochs"], config["optimizer"]["lr"]))
+    if not plan:
+        raise LowbitError("nothing to train: set epochs or float_epochs above 0")
+    return plan
+
+
+def run_training(config: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
+    """Train as ``config`` says, in ``run_dir`` (a new one when ``None``; an existing one with a
+    ``last.pt`` is resumed). Returns the summary also written to ``summary.json``."""
+    device = pick_device(config["device"])
+    check_config(config)
+    if run_dir is None:
+        run_dir = new_run_dir(config)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    state, checkpoint = RunState(), None
+    if (run_dir / "last.pt").exists():
+        checkpoint = load_checkpoint(run_dir / "last.pt", map_location=device)
+        state = RunState(**checkpoint["run_state"])
+    data = build_data(
+        config["data"]["name"],
+        data_dir=config["data"]["dir"],
+        batch_size=config["data"]["batch_size"],
+        eval_batch_size=config["data"]["eval_batch_size"],
+        device=device,
+        seed=config["seed"],
+        limit=config["data"]["limit"],
+        workers=config["data"]["workers"],
+    )
+
+    model = None
+    for stage, epochs, lr in _stage_plan(config):
+        if STAGES.index(stage) < STAGES.index(state.stage):
+            continue  # finished before the resume
+        model = _prepare_model(config, data, stage, state, checkpoint, device, model)
+        run_stage(model, data, config, stage, epochs, lr, run_dir, state, checkpoint)
+        checkpoint = None
+    return _write_summary(run_dir, config, state)
+
+
+def _prepare_model(config, data, stage, state, checkpoint, device, previous) -> nn.Module:
+    """The model for ``stage``: resumed from ``checkpoint``, the float model of the stage just
+    finished, or a fresh one (initialized from ``config["init"]`` when given)."""
+    resuming = checkpoint is not None and state.stage == stage
+    if previous is not None:
+        model = previous
+    else:
+        torch.manual_seed(config["seed"])
+        model = build_model(
+            config["model"]["name"],
+            num_classes=data.num_classes,
+            in_channels=data.in_channels,
+            **config["model"]["options"],
+        ).to(device)
+    if stage == "float":
+        if resuming:
+            model.load_state_dict(checkpoint["model"])
+        return model
+    quantize_from_config(model, config)
+    if resuming:
+        model.load_state_dict(checkpoint["model"])
+        return model
+    if config["init"]:
+        loaded, skipped = load_matching(model, load_checkpoint(config["init"], device)["model"])
+        tqdm.write(
+            f"initialized {len(loaded)} tensors from {config['init']}; "
+            f"skipped {len(skipped)}: {', '.join(skipped) or '-'}"
+        )
+    torch.manual_seed(config["seed"])
+    calibrate(model, data.train, config["calibrate_batches"])
+    return model
+
+
+def run_stage(model, data, config, stage, epochs, lr, run_dir, state, checkpoint) -> None:
+    """Train ``model`` for the remaining epochs of ``stage``, checkpointing every epoch."""
+    stage_config = {**config, "optimizer": {**config["optimizer"], "lr": lr}}
+    optimizer = build_optimizer(model, stage_config)
+    scheduler = build_scheduler(optimizer, len(data.train), epochs, config["schedule"])
+    if state.stage != stage:
+        state.stage, state.epoch, state.best_top1 = stage, 0, -1.0
+    elif checkpoint is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+    label = "float" if stage == "float" else f"{config['method']} {config['bits']}-bit"
+    for epoch in range(state.epoch, epochs):
+        torch.manual_seed(config["seed"] * 1000 + STAGES.index(stage) * 100 + epoch)
+        start = time.perf_counter()
+        train_metrics = train_one_epoch(
+            model,
+            data.train,
+            optimizer,
+            scheduler,
+            epoch,
+            epochs,
+            config["label_smoothing"],
+            desc=f"{label} epoch {epoch + 1}/{epochs}",
+        )
+        test_metrics = evaluate(model, data.test)
+        seconds = time.perf_counter() - start
+        state.epoch = epoch + 1
+        state.seconds[stage] = state.seconds.get(stage, 0.0) + seconds
+        record = {
+            "stage": stage,
+            "epoch": epoch + 1,
+            "lr": scheduler.get_last_lr()[0],
+            **train_metrics,
+            **test_metrics,
+            "seconds": round(seconds, 3),
+        }
+        _log(run_dir, record)
+        tqdm.write(
+            f"{label:>14} epoch {epoch + 1:>3}/{epochs}  loss {train_metrics['train_loss']:.3f}"
+            f"  test top-1 {test_metrics['top1']:6.2f}%  ({seconds:.1f}s)"
+        )
+        payload = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "config": config,
+            "lowbit_version": lowbit.__version__,
+        }
+        if test_metrics["top1"] > state.best_top1:
+            state.best_top1 = test_metrics["top1"]
+            if stage == "quant":
+                save_checkpoint(run_dir / "best.pt", {**payload, "metrics": test_metrics})
+        if state.epoch == epochs:
+            state.results[stage] = dict(test_metrics)
+            if stage == "float":
+                save_checkpoint(run_dir / "float.pt", {**payload, "metrics": test_metrics})
+                state.results[stage]["checkpoint"] = str(run_dir / "float.pt")
+        save_checkpoint(run_dir / "last.pt", {**payload, "run_state": state.__dict__})
+
+
+def _write_summary(run_dir: Path, config: dict[str, Any], state: RunState) -> dict[str, Any]:
+    final = state.results.get("quant") or state.results["float"]
+    summary = {
+        "method": config["method"] if "quant" in state.results else "float",
+        "bits": config["bits"] if "quant" in state.results else 32,
+        "model": config["model"]["name"],
+        "data": config["data"]["name"],
+        "top1": final["top1"],
+        "top5": final["top5"],
+        "n": final["n"],
+        "float_top1": state.results.get("float", {}).get("top1"),
+        "seconds": {k: round(v, 2) for k, v in state.seconds.items()},
+        "paper": config["paper"],
+        "run_dir": str(run_dir),
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return summary
+
+
+def resume(run_dir: str | Path) -> dict[str, Any]:
+    """Continue the interrupted run in ``run_dir`` from its last completed epoch."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise LowbitError(f"{str(run_dir)!r} is not a lowbit run directory (no config.yaml)")
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    return run_training(config, run_dir)
