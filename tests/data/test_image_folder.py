@@ -85,6 +85,9 @@ def test_pool_decoding_matches_in_process_decoding(tmp_path, make_tree):
     alone = decode_images(files, "RGB", workers=1)
     pooled = decode_images(files, "RGB", workers=2, chunk=2)
     assert torch.equal(alone, pooled)
+    make_tree(tmp_path, ["c"], train_per_class=1, size=(30, 32))
+    with pytest.raises(LowbitError, match=r"differ in size \(30x32, 32x32\)"):
+        decode_images([*files, str(tmp_path / "train" / "c" / "0000.png")], "RGB", 2, chunk=2)
 
 
 def test_second_build_reads_the_cache_and_a_changed_tree_is_decoded_again(

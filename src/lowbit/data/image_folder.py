@@ -48,7 +48,7 @@ def _decode_chunk(paths: Sequence[str], mode: str) -> np.ndarray:
 
 def _require_one_size(shapes: set[tuple[int, ...]]) -> None:
     if len(shapes) > 1:
-        sizes = ", ".join("x".join(map(str, shape[:2])) for shape in sorted(shapes))
+        sizes = ", ".join(sorted({f"{shape[1]}x{shape[0]}" for shape in shapes}))  # width x height
         raise LowbitError(f"the images differ in size ({sizes}); resize them to one size first")
 
 
@@ -64,12 +64,16 @@ def decode_images(
                 arrays.append(_decode_chunk(part, mode))
                 progress.update(len(part))
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            pool = ProcessPoolExecutor(max_workers=workers)
+            try:
                 futures = [pool.submit(_decode_chunk, part, mode) for part in chunks]
                 arrays = []
                 for future, part in zip(futures, chunks):
                     arrays.append(future.result())
                     progress.update(len(part))
+            finally:
+                # On an error or Ctrl-C, drop the chunks not yet started instead of decoding them.
+                pool.shutdown(cancel_futures=True)
     _require_one_size({array.shape[1:] for array in arrays})
     images = torch.from_numpy(np.concatenate(arrays))
     if images.dim() == 3:
