@@ -44,23 +44,23 @@ class CifarSpec:
     num_classes: int
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+    described: str  # the batch files, for error messages
     classes: tuple[str, ...] | None = None
 
     @property
     def expected(self) -> str:
-        files = "data_batch_1..5 and test_batch" if self.name == "cifar10" else "train and test"
-        return f"{self.folder}/ with {files}, or train/ and test/ image folders"
+        return f"{self.folder}/ with {self.described}, or train/ and test/ image folders"
 
 
 # Per-channel mean and standard deviation of the 50,000 training images.
 CIFAR10 = CifarSpec(
     "cifar10", "cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-    "test_batch", "labels", 10,
+    "test_batch", "labels", 10, described="data_batch_1..5 and test_batch",
     mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616), classes=CIFAR10_CLASSES,
 )
 CIFAR100 = CifarSpec(
     "cifar100", "cifar-100-python", ("train",), "test", "fine_labels", 100,
-    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762),
+    mean=(0.5071, 0.4865, 0.4409), std=(0.2673, 0.2564, 0.2762), described="train and test",
 )
 
 # The only globals a CIFAR pickle refers to; anything else is refused instead of executed.
