@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-Image = pytest.importorskip("PIL.Image")
-
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
@@ -29,8 +27,9 @@ def pixel_value():
 
 
 def save_image(path: Path, pixels: np.ndarray) -> None:
+    image_module = pytest.importorskip("PIL.Image")  # tests that write images need Pillow
     path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path)
+    image_module.fromarray(pixels).save(path)
 
 
 @pytest.fixture
