@@ -2,6 +2,7 @@
 
 from lowbit.errors import LowbitError
 from lowbit.nn import QConv2d, QLinear, quantize
+from lowbit.quant.init import optimal_step_size
 from lowbit.quant.levels import levels
 from lowbit.quant.project import project_to_levels
 from lowbit.quant.registry import available_methods, get_method, register_method
@@ -15,6 +16,7 @@ __all__ = [
     "available_methods",
     "get_method",
     "levels",
+    "optimal_step_size",
     "project_to_levels",
     "quantize",
     "register_method",

@@ -88,7 +88,6 @@ def distortion_slope(step: float, n_levels: int, kind: str) -> float:
     return float(-2 * (c / step * first_moment).sum())
 
 
-@functools.cache
 def optimal_step_size(n_levels: int, kind: str = "weight") -> float:
     """The unit step size ``step^u`` solving ``dD/dstep = 0`` (UniQ Eq. 8, Table 1).
 
@@ -99,6 +98,19 @@ def optimal_step_size(n_levels: int, kind: str = "weight") -> float:
     N = 2 / 4 / 8 / 16.
     """
     _check(n_levels, kind)
+    return _solve_step(n_levels, kind)
+
+
+def optimal_sqnr_db(n_levels: int, kind: str = "weight") -> float:
+    """SQNR at the optimal step (UniQ Table 1): ``10 log10(Var[X] / D(step^u))``, see the
+    module docstring for why the signal is the variance. The dashed line of UniQ Fig. 4."""
+    _check(n_levels, kind)
+    noise = distortion(_solve_step(n_levels, kind), n_levels, kind)
+    return 10 * math.log10(SIGNAL_VARIANCE[kind] / noise)
+
+
+@functools.cache  # after _check: the cache would answer 2.0 or True with the entry for 2
+def _solve_step(n_levels: int, kind: str) -> float:
     lo, hi = _BRACKET
     # D falls while clipping dominates (small steps) and rises once rounding does, so the
     # slope changes sign once in the bracket.
@@ -111,15 +123,6 @@ def optimal_step_size(n_levels: int, kind: str = "weight") -> float:
         if hi - lo <= 1e-15 * hi:
             break
     return (lo + hi) / 2
-
-
-@functools.cache
-def optimal_sqnr_db(n_levels: int, kind: str = "weight") -> float:
-    """SQNR at the optimal step (UniQ Table 1): ``10 log10(Var[X] / D(step^u))``, see the
-    module docstring for why the signal is the variance. The dashed line of UniQ Fig. 4."""
-    _check(n_levels, kind)
-    noise = distortion(optimal_step_size(n_levels, kind), n_levels, kind)
-    return 10 * math.log10(SIGNAL_VARIANCE[kind] / noise)
 
 
 def sqnr_db(x: torch.Tensor, x_hat: torch.Tensor) -> float:

@@ -13,6 +13,12 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.quant.rcf import RCFQuantizer
+from lowbit.quant.uniform import (
+    lsq_input_quantizer,
+    lsq_weight_quantizer,
+    uniq_input_quantizer,
+    uniq_weight_quantizer,
+)
 
 QuantizerFactory = Callable[..., nn.Module]
 
@@ -79,3 +85,7 @@ def _rcf_method(level_set: str, summary: str) -> Method:
 register_method(_rcf_method("apot", "APoT: additive powers-of-two levels, RCF, weight norm"))
 register_method(_rcf_method("pot", "powers-of-two levels, RCF, weight norm (APoT Table 3)"))
 register_method(_rcf_method("uniform", "uniform levels, RCF, weight norm (APoT Table 3)"))
+register_method(Method("uniq", uniq_weight_quantizer, uniq_input_quantizer, 1, 8,
+                       "UniQ: symmetric levels, learned step, MSE-optimal init, down to 1 bit"))
+register_method(Method("lsq", lsq_weight_quantizer, lsq_input_quantizer, 2, 8,
+                       "LSQ: two's-complement levels, learned step, 2E|x|/sqrt(Q_P) init"))
