@@ -88,7 +88,10 @@ def learned_step_quantize(
     ``step`` is a scalar or broadcasts against ``x`` (``(C, 1, 1, 1)`` for kernel-wise conv
     weights). ``symmetric=True`` rounds to the half-integer codes of UniQ Eq. 3-4 (``q_min =
     -q_max = -(N-1)/2``); otherwise codes are integers, rounded half to even. ``grad_scale``
-    multiplies the step's gradient (LSQ's ``g``).
+    multiplies the step's gradient (LSQ's ``g``). Outside the clipping range the step's
+    gradient is the clipped code, ``sign(x) (N-1)/2`` for UniQ weights: Eq. 6 prints
+    ``sign(x) alpha``, but ``alpha = step (N-1)/2`` itself moves with the step, and autograd of
+    Eq. 3 (as in the authors' code) gives ``sign(x) alpha / step``.
     """
     return _LearnedStepQuantize.apply(x, step.to(x.dtype), q_min, q_max, symmetric, grad_scale)
 
