@@ -13,6 +13,7 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.quant.rcf import RCFQuantizer
+from lowbit.quant.relaxed import RQQuantizer, SRQQuantizer
 from lowbit.quant.uniform import (
     lsq_input_quantizer,
     lsq_weight_quantizer,
@@ -89,3 +90,10 @@ register_method(Method("uniq", uniq_weight_quantizer, uniq_input_quantizer, 1, 8
                        "UniQ: symmetric levels, learned step, MSE-optimal init, down to 1 bit"))
 register_method(Method("lsq", lsq_weight_quantizer, lsq_input_quantizer, 2, 8,
                        "LSQ: two's-complement levels, learned step, 2E|x|/sqrt(Q_P) init"))
+register_method(Method("rq", RQQuantizer, partial(RQQuantizer, signed=False), 2, 8,
+                       "RQ: Gumbel-softmax over a logistic-noise grid; anneal=True for App. F"))
+register_method(Method("srq", SRQQuantizer, partial(SRQQuantizer, signed=False), 2, 8,
+                       "SRQ: mode of the grid categorical, multi-class straight-through"))
+register_method(Method("srq-dropbits", partial(SRQQuantizer, masks="bitwise"),
+                       partial(SRQQuantizer, signed=False), 2, 8,
+                       "SRQ + DropBits masks on weights; l0_lambda>0 learns bit-widths"))

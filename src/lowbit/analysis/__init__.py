@@ -1,0 +1,1 @@
+"""Analysis of quantized models and quantizers: errors, sizes, diagnostics, plots."""

@@ -1,0 +1,376 @@
+"""Relaxed Quantization (RQ, Louizos et al. 2019) and Semi-Relaxed Quantization (SRQ), seed
+004 §3.1-3.2 and Appendix G.
+
+Both put ``x`` on the grid ``alpha * k``, ``k`` an integer in ``[lo, hi]`` (weights:
+``[-2^(b-1), 2^(b-1)-1]``; activations: ``[0, 2^b-1]``), through logistic noise of learnable
+scale ``sigma``. Grid point k owns the cell ``alpha * [k - 1/2, k + 1/2]`` (Algorithm 2), so
+
+    pi_k = S((alpha (k + 1/2) - x) / sigma) - S((alpha (k - 1/2) - x) / sigma)      (Eq. 1)
+
+Nothing of size ``numel x 2^b`` is ever built:
+
+* Every cell has the same width and the logistic density is symmetric and unimodal, so
+  ``pi_k`` falls as ``|alpha k - x|`` grows: the mode of ``pi`` is the nearest grid point,
+  ``clamp(floor(x / alpha + 1/2), lo, hi)``. SRQ without masks evaluates no probability in
+  its forward pass.
+* With DropBits the scores are ``Z_g pi_k``, one gate ``Z_g`` per group of grid points. Inside
+  a run of consecutive points sharing a gate the best point is again the run's point nearest
+  to x, so the mode is one of one candidate per run (``b`` bits, bitwise masks: ``2b - 2``
+  candidates), scored elementwise with a running maximum.
+* RQ samples over a window of grid points around ``round(x / alpha)`` reaching ``delta``
+  sigmas past x (Louizos et al.: the mass beyond is negligible), shifted to stay inside the
+  grid: ``numel x (2 ceil(delta sigma / alpha + 1/2) + 1)`` values.
+
+Ties (x exactly half-way between two grid points) go to the larger point, as in
+``lowbit.quant.project``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.quant.dropbits import NO_MASK, DropBitsMasks, Run, mask_runs
+from lowbit.quant.init import lsq_step
+
+SIGMA_PER_ALPHA = 1 / 3  # sigma starts at alpha / 3 (the seed's §3.2 example, Louizos et al.)
+MIN_TEMPERATURE, ANNEAL_SCALE, ANNEAL_EVERY = 0.5, 1e5, 1000  # App. F annealing schedule
+ANNEAL_START = {3: 1.0, 4: 2.0}  # App. F: c = 1 at 3 bits, 2 at 4 bits
+
+
+def grid_bounds(bits: int, signed: bool) -> tuple[int, int]:
+    """Integer range of the grid: ``[-2^(b-1), 2^(b-1)-1]`` signed, ``[0, 2^b-1]`` unsigned."""
+    if signed:
+        return -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
+    return 0, 2**bits - 1
+
+
+def round_to_grid(x: torch.Tensor, alpha: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """Deployment (Algorithm 3 / Algorithm 1): ``clamp(alpha * round(x / alpha))``."""
+    return torch.floor(x / alpha + 0.5).clamp_(lo, hi) * alpha
+
+
+def log_cell_probability(
+    x: torch.Tensor, k: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
+) -> torch.Tensor:
+    """``log pi_k`` of Eq. 1, stable far from x: ``S(a) - S(b) = S(a) S(-b) (1 - e^(b-a))``."""
+    upper = (alpha * (k + 0.5) - x) / sigma
+    lower = upper - alpha / sigma
+    return F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-alpha / sigma))
+
+
+@torch.no_grad()
+def local_window(
+    x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int, delta: float
+) -> torch.Tensor:
+    """The grid integers RQ samples over, shape ``x.shape + (K,)``: every point within
+    ``delta`` sigmas of x, ``K = 2 ceil(delta sigma / alpha + 1/2) + 1`` consecutive points
+    around ``round(x / alpha)`` (fewer if the grid is smaller), shifted to stay inside it."""
+    half = math.ceil(delta * abs(float(sigma / alpha)) + 0.5)
+    size = min(2 * half + 1, hi - lo + 1)
+    start = torch.floor(x / alpha + 0.5).sub_(size // 2).clamp_(lo, hi - size + 1)
+    return start.unsqueeze(-1) + torch.arange(size, dtype=x.dtype, device=x.device)
+
+
+def relaxed_quantize(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    lo: int,
+    hi: int,
+    temperature: float,
+    delta: float = 3.0,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """RQ's training forward (Eq. 2): ``alpha * sum_k r_k k`` with
+    ``r = softmax((log pi_k + u_k) / tau)``, ``u_k ~ Gumbel(0, 1)``, over the local window.
+
+    Differentiable in ``x``, ``alpha`` and ``sigma`` by plain autograd (RQ's own gradient).
+    """
+    k = local_window(x, alpha, sigma, lo, hi, delta)
+    logits = log_cell_probability(x.unsqueeze(-1), k, alpha, sigma)
+    gumbel = torch.empty_like(logits).exponential_(generator=generator).log_().neg_()
+    r = torch.softmax((logits + gumbel) / temperature, dim=-1)
+    return alpha * (r * k).sum(-1)
+
+
+@torch.no_grad()
+def srq_argmax(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    runs: list[Run],
+    log_gates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SRQ's ``i_max = argmax_k Z_k pi_k`` (Eq. 3, Algorithm 1) as grid integers (x's dtype).
+
+    ``runs`` partition the grid into ``(first, last, group)`` runs sharing a gate
+    (``lowbit.quant.dropbits.mask_runs``; one ``(lo, hi, NO_MASK)`` run without masks);
+    ``log_gates[g]`` is ``log Z_g`` and may carry extra dimensions that broadcast against
+    ``x`` (one mask sample per row in ``lowbit.analysis.relaxed_diagnostics``).
+    """
+    nearest = torch.floor(x / alpha + 0.5)
+    if len(runs) == 1:
+        return nearest.clamp_(runs[0][0], runs[0][1])
+    best_k = best = None
+    for first, last, group in runs:
+        k = nearest.clamp(first, last)
+        # log pi_k up to the term log(1 - e^(-alpha/sigma)) shared by every k.
+        upper = k.add(0.5).mul_(alpha).sub_(x).div_(sigma)
+        score = F.logsigmoid(upper)
+        score += F.logsigmoid(upper.sub_(alpha / sigma).neg_())
+        del upper
+        if group != NO_MASK:
+            score = score + log_gates[group]
+        if best is None:
+            best_k, best = k, score
+        else:
+            take = score >= best  # later runs hold larger points: ties go up
+            best_k = torch.where(take, k, best_k)
+            best = torch.where(take, score, best)
+    return best_k
+
+
+class _SemiRelaxed(torch.autograd.Function):
+    """SRQ forward ``alpha * k_max`` with the multi-class straight-through estimator (Eq. 3).
+
+    The one-hot ``y`` of the mode passes gradients as if ``y_max`` were ``Z pi_max`` (the
+    §3.2 reading ``r ~ pi``): with ``G = dL/dx_hat`` and ``c = G alpha k Z``,
+    ``dL/dx = c dpi/dx``, ``dL/dsigma = sum c dpi/dsigma``,
+    ``dL/dalpha = sum G k + sum c dpi/dalpha`` (the grid itself scales with alpha) and
+    ``dL/dZ_g = sum over points of group g of G alpha k pi``. Other grid points get none.
+    """
+
+    @staticmethod
+    def forward(ctx, x, alpha, sigma, gates, runs):
+        log_gates = None if gates is None else gates.log()
+        k = srq_argmax(x, alpha, sigma, runs, log_gates)
+        out = k * alpha
+        lo, hi = runs[0][0], runs[-1][1]
+        small = lo >= -128 and hi <= 127
+        ctx.runs = runs
+        ctx.save_for_backward(x, k.to(torch.int8 if small else torch.int16), alpha, sigma, gates)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, k_int, alpha, sigma, gates = ctx.saved_tensors
+        k = k_int.to(x.dtype)
+        c = grad_out * k
+        c.mul_(alpha)
+        if gates is not None:
+            point_gate, index = _point_gates(gates, ctx.runs, k_int)
+            c.mul_(point_gate.index_select(0, index).view_as(c))
+        # With A = (alpha (k + 1/2) - x)/sigma, B = A - alpha/sigma and S' = S (1 - S):
+        # dpi/dx = -(S'(A) - S'(B))/sigma, dpi/dalpha = (S'(A)(k + 1/2) - S'(B)(k - 1/2))/sigma,
+        # dpi/dsigma = -(S'(A) A - S'(B) B)/sigma.
+        a = k.add(0.5).mul_(alpha).sub_(x).div_(sigma)
+        e_up = _sigmoid_slope(a).mul_(c).div_(sigma)
+        grad_sigma = -e_up.reshape(-1).dot(a.reshape(-1))
+        b = a.sub_(alpha / sigma)
+        e_lo = _sigmoid_slope(b).mul_(c).div_(sigma)
+        del c
+        grad_sigma = grad_sigma + e_lo.reshape(-1).dot(b.reshape(-1))
+        grad_gates = None
+        if gates is not None and ctx.needs_input_grad[3]:
+            pi = torch.sigmoid(b.add(alpha / sigma)).sub_(torch.sigmoid(b))
+            weight = pi.mul_(grad_out).mul_(k).mul_(alpha)
+            grad_points = torch.zeros_like(point_gate).index_add_(0, index, weight.reshape(-1))
+            grad_gates = _group_sums(grad_points, gates, ctx.runs)
+        del b
+        half_sum = 0.5 * (e_up.sum() + e_lo.sum())
+        grad_x = e_lo.sub_(e_up)
+        del e_up
+        grad_alpha = grad_out.reshape(-1).dot(k.reshape(-1)) - grad_x.reshape(-1).dot(k.reshape(-1))
+        grad_alpha = grad_alpha + half_sum
+        grad_alpha, grad_sigma = grad_alpha.reshape(alpha.shape), grad_sigma.reshape(sigma.shape)
+        return grad_x, grad_alpha, grad_sigma, grad_gates, None
+
+
+def _sigmoid_slope(t: torch.Tensor) -> torch.Tensor:
+    """``S'(t) = S(t) (1 - S(t)) = 1 / (4 cosh^2(t / 2))`` with one temporary."""
+    return t.mul(0.5).cosh_().square_().reciprocal_().mul_(0.25)
+
+
+def _point_gates(
+    gates: torch.Tensor, runs: list[Run], k_int: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gate of every grid point (1 where unmasked) and each element's index into it."""
+    lo = runs[0][0]
+    point_gate = torch.ones(runs[-1][1] - lo + 1, dtype=gates.dtype, device=gates.device)
+    for first, last, group in runs:
+        if group != NO_MASK:
+            point_gate[first - lo : last - lo + 1] = gates[group]
+    index = k_int.reshape(-1).to(torch.int32).sub_(lo)
+    return point_gate, index
+
+
+def _group_sums(grad_points: torch.Tensor, gates: torch.Tensor, runs: list[Run]) -> torch.Tensor:
+    lo = runs[0][0]
+    grad_gates = torch.zeros_like(gates)
+    for first, last, group in runs:
+        if group != NO_MASK:
+            grad_gates[group] += grad_points[first - lo : last - lo + 1].sum()
+    return grad_gates
+
+
+def semi_relaxed_quantize(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    runs: list[Run],
+    gates: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SRQ (Eq. 3): the mode of ``Z pi / sum(Z pi)`` on the grid ``alpha * k``, with the
+    multi-class straight-through gradient into ``x``, ``alpha``, ``sigma`` and the gates.
+
+    ``runs`` as in ``srq_argmax``; ``gates`` (one per mask group, from
+    ``DropBitsMasks.gates``) is ``None`` without DropBits. Without masks the forward equals
+    ``round_to_grid``.
+    """
+    dtype = x.dtype
+    gates = None if gates is None else gates.to(dtype)
+    return _SemiRelaxed.apply(x, alpha.to(dtype), sigma.to(dtype), gates, runs)
+
+
+class _LogisticGrid(nn.Module):
+    """The learnable ``alpha`` and ``sigma`` of an RQ / SRQ grid (one pair per layer).
+
+    ``alpha=None`` initializes from data: LSQ's ``2 E|x| / sqrt(Q_P)`` (Esser et al. 2020;
+    the seed does not say how its grids start) on the first ``observe`` (calibration, the
+    running maximum over batches) or else on the first forward; ``sigma = alpha / 3``.
+    A value loaded from a state dict is kept.
+    """
+
+    def __init__(self, bits: int, signed: bool, alpha: float | None) -> None:
+        super().__init__()
+        if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
+            raise LowbitError(f"RQ / SRQ grids need bits in 2..8, got {bits!r}")
+        if alpha is not None and not alpha > 0:
+            raise LowbitError(f"alpha must be positive (or None to start from data), got {alpha}")
+        self.bits, self.signed = bits, signed
+        self.lo, self.hi = grid_bounds(bits, signed)
+        self.q_p = max(self.hi, 1)
+        start = 1.0 if alpha is None else float(alpha)
+        self.alpha = nn.Parameter(torch.tensor(start))
+        self.sigma = nn.Parameter(torch.tensor(start * SIGMA_PER_ALPHA))
+        self.initialized = alpha is not None
+        self._calibrating = False
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Calibration hook: set alpha (and sigma) from ``x``, keeping the running maximum."""
+        if self.initialized and not self._calibrating:
+            return
+        estimate = float(lsq_step(x, self.q_p))
+        if self.initialized:
+            estimate = max(estimate, float(self.alpha))
+        if estimate > 0:
+            self.alpha.fill_(estimate)
+            self.sigma.fill_(estimate * SIGMA_PER_ALPHA)
+        self.initialized, self._calibrating = True, True
+
+    def _start(self, x: torch.Tensor) -> None:
+        if not self.initialized:
+            self.observe(x)
+        if self.training:
+            self._calibrating = False
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + "alpha" in state_dict:
+            self.initialized, self._calibrating = True, False
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}, {'signed' if self.signed else 'unsigned'}"
+
+
+class RQQuantizer(_LogisticGrid):
+    """Relaxed Quantization (Algorithm 2 in training, Algorithm 3 in evaluation).
+
+    ``temperature`` is the Gumbel-softmax tau (default 1.0). ``anneal=True`` uses App. F's
+    ``tau = max(0.5, c exp(-t / 1e5))``, updated every 1000 iterations, ``c = temperature``
+    or by default 1 at 3 bits and 2 at 4 bits (1 otherwise); t counts training forwards in
+    the ``step`` buffer, so a resumed run continues the schedule.
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        signed: bool = True,
+        alpha: float | None = None,
+        temperature: float | None = None,
+        anneal: bool = False,
+        delta: float = 3.0,
+    ) -> None:
+        super().__init__(bits, signed, alpha)
+        if temperature is not None and not temperature > 0:
+            raise LowbitError(f"temperature must be positive, got {temperature}")
+        if not delta > 0:
+            raise LowbitError(f"delta (window half-width in sigmas) must be positive, got {delta}")
+        default = ANNEAL_START.get(bits, 1.0) if anneal else 1.0
+        self.start_temperature = default if temperature is None else float(temperature)
+        self.anneal, self.delta = anneal, delta
+        self.register_buffer("step", torch.zeros((), dtype=torch.int64))
+
+    def temperature(self) -> float:
+        """The Gumbel-softmax temperature of the next training forward."""
+        if not self.anneal:
+            return self.start_temperature
+        t = int(self.step) // ANNEAL_EVERY * ANNEAL_EVERY
+        return max(MIN_TEMPERATURE, self.start_temperature * math.exp(-t / ANNEAL_SCALE))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._start(x)
+        if not self.training:
+            return round_to_grid(x, self.alpha.to(x.dtype), self.lo, self.hi)
+        tau = self.temperature()
+        self.step += 1
+        return relaxed_quantize(
+            x, self.alpha.to(x.dtype), self.sigma.to(x.dtype), self.lo, self.hi, tau, self.delta
+        )
+
+    def extra_repr(self) -> str:
+        anneal = ", anneal" if self.anneal else ""
+        return f"{super().extra_repr()}, temperature={self.start_temperature:g}{anneal}"
+
+
+class SRQQuantizer(_LogisticGrid):
+    """Semi-Relaxed Quantization, optionally with DropBits masks (Algorithm 1).
+
+    ``masks="bitwise"`` or ``"endpoints"`` adds one ``DropBitsMasks`` child (weights only);
+    ``l0_lambda > 0`` learns the bit-width (§3.5, regularized for the first ``l0_fraction``
+    of training). The masks module carries the training hooks (``regularization_loss``,
+    ``set_progress``). Evaluation is deterministic: the nearest grid point whose level is kept.
+    """
+
+    def __init__(
+        self,
+        bits: int,
+        signed: bool = True,
+        alpha: float | None = None,
+        masks: str | None = None,
+        l0_lambda: float = 0.0,
+        l0_fraction: float = 0.5,
+    ) -> None:
+        super().__init__(bits, signed, alpha)
+        if masks is not None and not signed:
+            raise LowbitError(
+                "DropBits masks apply to weights only (signed grids); remove masks from the "
+                "activation options"
+            )
+        if masks is None and l0_lambda != 0:
+            raise LowbitError(
+                "learned bit-widths (l0_lambda) need DropBits masks; set masks='bitwise'"
+            )
+        self.masks = None if masks is None else DropBitsMasks(bits, masks, l0_lambda, l0_fraction)
+        self.runs = [(self.lo, self.hi, NO_MASK)] if masks is None else mask_runs(bits, masks)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._start(x)
+        gates = None if self.masks is None else self.masks.gates()
+        return semi_relaxed_quantize(x, self.alpha, self.sigma, self.runs, gates)
