@@ -10,6 +10,11 @@ from torch import nn
 from tqdm import tqdm
 
 
+def _progress(loader: Any, desc: str, show: bool) -> Any:
+    # disable=None: a bar on terminals only, so logs and CI output stay clean.
+    return tqdm(loader, desc=desc, leave=False, disable=None if show else True)
+
+
 class QuantizerHooks:
     """The optional per-step hooks of quantizers: ``set_progress(fraction)`` before each
     step (annealing, schedules) and ``regularization_loss()`` added to the loss (DropBits)."""
@@ -38,6 +43,7 @@ def train_one_epoch(
     epochs: int,
     label_smoothing: float = 0.0,
     desc: str = "train",
+    show_progress: bool = True,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss and top-1 on the training batches.
 
@@ -49,7 +55,7 @@ def train_one_epoch(
     steps = len(loader)
     loss_sum = correct = torch.zeros((), dtype=torch.float64)
     seen = 0
-    for step, (images, labels) in enumerate(tqdm(loader, desc=desc, leave=False, disable=None)):
+    for step, (images, labels) in enumerate(_progress(loader, desc, show_progress)):
         hooks.set_progress((epoch * steps + step) / (epochs * steps))
         logits = model(images)
         loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
@@ -70,13 +76,15 @@ def train_one_epoch(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Any, desc: str = "eval") -> dict[str, float]:
+def evaluate(
+    model: nn.Module, loader: Any, desc: str = "eval", show_progress: bool = True
+) -> dict[str, float]:
     """Top-1, top-5 (in %), mean cross-entropy and sample count over ``loader``."""
     was_training = model.training
     model.eval()
     loss_sum = top1 = top5 = 0.0
     seen = 0
-    for images, labels in tqdm(loader, desc=desc, leave=False, disable=None):
+    for images, labels in _progress(loader, desc, show_progress):
         logits = model(images)
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         best = logits.topk(min(5, logits.shape[1]), dim=1).indices

@@ -21,12 +21,14 @@ from torch import nn
 from tqdm import tqdm
 
 import lowbit
-from lowbit.data import available_datasets, build_data
+from lowbit.data import DataBundle, available_datasets, build_data
 from lowbit.errors import LowbitError
 from lowbit.models import available_models, build_model
 from lowbit.nn.calibrate import calibrate
 from lowbit.quant.registry import get_method
+from lowbit.train import distributed
 from lowbit.train.checkpoint import load_checkpoint, load_matching, save_checkpoint
+from lowbit.train.distributed import ProcessGroup
 from lowbit.train.loop import evaluate, train_one_epoch
 from lowbit.train.optim import build_optimizer, build_scheduler, lr_factor
 
@@ -101,11 +103,6 @@ def quantize_from_config(model: nn.Module, config: dict[str, Any]) -> nn.Module:
     )
 
 
-def _log(run_dir: Path, record: dict[str, Any]) -> None:
-    with open(run_dir / "metrics.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def _stage_plan(config: dict[str, Any]) -> list[tuple[str, int, float]]:
     plan = []
     if config["float_epochs"] and config["init"] is None:
@@ -117,18 +114,54 @@ def _stage_plan(config: dict[str, Any]) -> list[tuple[str, int, float]]:
     return plan
 
 
+@dataclass
+class Run:
+    """One run's shared context; ``run_dir`` is ``None`` on processes other than rank 0,
+    which write nothing."""
+
+    config: dict[str, Any]
+    run_dir: Path | None
+    group: ProcessGroup
+    data: DataBundle
+    state: RunState
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.run_dir is not None:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def save(self, name: str, payload: dict[str, Any]) -> None:
+        if self.run_dir is not None:
+            save_checkpoint(self.run_dir / name, payload)
+
+    def say(self, text: str) -> None:
+        if self.group.is_main:
+            tqdm.write(text)
+
+
 def run_training(config: dict[str, Any], run_dir: Path | None = None) -> dict[str, Any]:
     """Train as ``config`` says, in ``run_dir`` (a new one when ``None``; an existing one with a
-    ``last.pt`` is resumed). Returns the summary also written to ``summary.json``."""
-    device = pick_device(config["device"])
+    ``last.pt`` is resumed). Under ``torchrun`` every process trains, rank 0 writes.
+    Returns the summary also written to ``summary.json``."""
     check_config(config)
-    if run_dir is None:
+    group = distributed.setup(pick_device(config["device"]))
+    try:
+        return _train(config, run_dir, group)
+    finally:
+        distributed.teardown(group)
+
+
+def _train(config: dict[str, Any], run_dir: Path | None, group: ProcessGroup) -> dict[str, Any]:
+    device = group.device
+    if run_dir is None and group.is_main:
         run_dir = new_run_dir(config)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     state, checkpoint = RunState(), None
-    if (run_dir / "last.pt").exists():
+    if run_dir is not None and (run_dir / "last.pt").exists():
         checkpoint = load_checkpoint(run_dir / "last.pt", map_location=device)
         state = RunState(**checkpoint["run_state"])
+    if not group.is_main:
+        run_dir = None
     data = build_data(
         config["data"]["name"],
         data_dir=config["data"]["dir"],
@@ -136,24 +169,30 @@ def run_training(config: dict[str, Any], run_dir: Path | None = None) -> dict[st
         eval_batch_size=config["data"]["eval_batch_size"],
         device=device,
         seed=config["seed"],
+        rank=group.rank,
+        world_size=group.world_size,
         limit=config["data"]["limit"],
         workers=config["data"]["workers"],
     )
-
+    run = Run(config, run_dir, group, data, state)
     model = None
     for stage, epochs, lr in _stage_plan(config):
         if STAGES.index(stage) < STAGES.index(state.stage):
             continue  # finished before the resume
-        model = _prepare_model(config, data, stage, state, checkpoint, device, model)
-        run_stage(model, data, config, stage, epochs, lr, run_dir, state, checkpoint)
+        model = _prepare_model(run, stage, checkpoint, model)
+        run_stage(run, model, stage, epochs, lr, checkpoint)
         checkpoint = None
-    return _write_summary(run_dir, config, state)
+    identical = distributed.ranks_agree(model, group)
+    if not identical:
+        raise RuntimeError("distributed processes ended with different weights")
+    return _write_summary(run)
 
 
-def _prepare_model(config, data, stage, state, checkpoint, device, previous) -> nn.Module:
-    """The model for ``stage``: resumed from ``checkpoint``, the float model of the stage just
-    finished, or a fresh one (initialized from ``config["init"]`` when given)."""
-    resuming = checkpoint is not None and state.stage == stage
+def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None) -> nn.Module:
+    """The (unwrapped) model for ``stage``: resumed from ``checkpoint``, the float model of the
+    stage just finished, or a fresh one (initialized from ``config["init"]`` when given)."""
+    config, data = run.config, run.data
+    resuming = checkpoint is not None and run.state.stage == stage
     if previous is not None:
         model = previous
     else:
@@ -163,7 +202,7 @@ def _prepare_model(config, data, stage, state, checkpoint, device, previous) -> 
             num_classes=data.num_classes,
             in_channels=data.in_channels,
             **config["model"]["options"],
-        ).to(device)
+        ).to(run.group.device)
     if stage == "float":
         if resuming:
             model.load_state_dict(checkpoint["model"])
@@ -173,8 +212,9 @@ def _prepare_model(config, data, stage, state, checkpoint, device, previous) -> 
         model.load_state_dict(checkpoint["model"])
         return model
     if config["init"]:
-        loaded, skipped = load_matching(model, load_checkpoint(config["init"], device)["model"])
-        tqdm.write(
+        source = load_checkpoint(config["init"], run.group.device)["model"]
+        loaded, skipped = load_matching(model, source)
+        run.say(
             f"initialized {len(loaded)} tensors from {config['init']}; "
             f"skipped {len(skipped)}: {', '.join(skipped) or '-'}"
         )
@@ -183,8 +223,9 @@ def _prepare_model(config, data, stage, state, checkpoint, device, previous) -> 
     return model
 
 
-def run_stage(model, data, config, stage, epochs, lr, run_dir, state, checkpoint) -> None:
+def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, checkpoint) -> None:
     """Train ``model`` for the remaining epochs of ``stage``, checkpointing every epoch."""
+    config, data, state = run.config, run.data, run.state
     stage_config = {**config, "optimizer": {**config["optimizer"], "lr": lr}}
     optimizer = build_optimizer(model, stage_config)
     scheduler = build_scheduler(optimizer, len(data.train), epochs, config["schedule"])
@@ -193,12 +234,13 @@ def run_stage(model, data, config, stage, epochs, lr, run_dir, state, checkpoint
     elif checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+    trained = distributed.wrap(model, run.group)
     label = "float" if stage == "float" else f"{config['method']} {config['bits']}-bit"
     for epoch in range(state.epoch, epochs):
         torch.manual_seed(config["seed"] * 1000 + STAGES.index(stage) * 100 + epoch)
         start = time.perf_counter()
         train_metrics = train_one_epoch(
-            model,
+            trained,
             data.train,
             optimizer,
             scheduler,
@@ -206,21 +248,23 @@ def run_stage(model, data, config, stage, epochs, lr, run_dir, state, checkpoint
             epochs,
             config["label_smoothing"],
             desc=f"{label} epoch {epoch + 1}/{epochs}",
+            show_progress=run.group.is_main,
         )
-        test_metrics = evaluate(model, data.test)
+        test_metrics = evaluate(trained, data.test, show_progress=run.group.is_main)
         seconds = time.perf_counter() - start
         state.epoch = epoch + 1
         state.seconds[stage] = state.seconds.get(stage, 0.0) + seconds
-        record = {
-            "stage": stage,
-            "epoch": epoch + 1,
-            "lr": scheduler.get_last_lr()[0],
-            **train_metrics,
-            **test_metrics,
-            "seconds": round(seconds, 3),
-        }
-        _log(run_dir, record)
-        tqdm.write(
+        run.log(
+            {
+                "stage": stage,
+                "epoch": epoch + 1,
+                "lr": scheduler.get_last_lr()[0],
+                **train_metrics,
+                **test_metrics,
+                "seconds": round(seconds, 3),
+            }
+        )
+        run.say(
             f"{label:>14} epoch {epoch + 1:>3}/{epochs}  loss {train_metrics['train_loss']:.3f}"
             f"  test top-1 {test_metrics['top1']:6.2f}%  ({seconds:.1f}s)"
         )
@@ -234,16 +278,16 @@ def run_stage(model, data, config, stage, epochs, lr, run_dir, state, checkpoint
         if test_metrics["top1"] > state.best_top1:
             state.best_top1 = test_metrics["top1"]
             if stage == "quant":
-                save_checkpoint(run_dir / "best.pt", {**payload, "metrics": test_metrics})
+                run.save("best.pt", {**payload, "metrics": test_metrics})
         if state.epoch == epochs:
             state.results[stage] = dict(test_metrics)
             if stage == "float":
-                save_checkpoint(run_dir / "float.pt", {**payload, "metrics": test_metrics})
-                state.results[stage]["checkpoint"] = str(run_dir / "float.pt")
-        save_checkpoint(run_dir / "last.pt", {**payload, "run_state": state.__dict__})
+                run.save("float.pt", {**payload, "metrics": test_metrics})
+        run.save("last.pt", {**payload, "run_state": state.__dict__})
 
 
-def _write_summary(run_dir: Path, config: dict[str, Any], state: RunState) -> dict[str, Any]:
+def _write_summary(run: Run) -> dict[str, Any]:
+    config, state = run.config, run.state
     final = state.results.get("quant") or state.results["float"]
     summary = {
         "method": config["method"] if "quant" in state.results else "float",
@@ -255,10 +299,12 @@ def _write_summary(run_dir: Path, config: dict[str, Any], state: RunState) -> di
         "n": final["n"],
         "float_top1": state.results.get("float", {}).get("top1"),
         "seconds": {k: round(v, 2) for k, v in state.seconds.items()},
+        "world_size": run.group.world_size,
         "paper": config["paper"],
-        "run_dir": str(run_dir),
+        "run_dir": str(run.run_dir) if run.run_dir else None,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    if run.run_dir is not None:
+        (run.run_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary
 
 
