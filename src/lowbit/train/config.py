@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,23 @@ DEFAULTS: dict[str, Any] = {
         "batch_size": 64,
         "eval_batch_size": 512,
         "workers": 4,
+        "mean": None,  # per-channel input normalization; None = the data set's own
+        "std": None,
     },
     "method": "apot",
     "bits": 4,
     "first_last_bits": 8,
+    "float_downsample": False,  # keep strided 1x1 convs (residual downsampling) float
     "overrides": {},
     "weight_options": {},
     "input_options": {},
     "init": None,  # checkpoint to start from (progressive initialization)
     "float_epochs": 15,  # float training before quantization; 0 = start quantized
     "float_lr": 0.1,
+    "float_optimizer": {  # the float stage's optimizer (its lr is float_lr)
+        "name": "sgd", "momentum": 0.9, "nesterov": False, "weight_decay": 5e-4,
+        "betas": [0.9, 0.999],
+    },
     "epochs": 15,
     "calibrate_batches": 0,
     "optimizer": {
@@ -55,7 +63,10 @@ DEFAULTS: dict[str, Any] = {
         "input_lr": None,
         "weight_decay": 1e-4,
     },
-    "schedule": {"name": "cosine", "warmup_epochs": 0, "milestones": [], "gamma": 0.1},
+    # warmup_lr: the lr held during warm-up (UniQ's constant warm-up); None ramps up linearly.
+    "schedule": {
+        "name": "cosine", "warmup_epochs": 0, "warmup_lr": None, "milestones": [], "gamma": 0.1,
+    },
     "label_smoothing": 0.0,
 }
 
@@ -108,13 +119,25 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return recipe
 
 
+def method_preset(method: str, bits: Any) -> dict[str, Any]:
+    """The paper's training settings for ``method`` at ``bits`` (``presets.yaml``), or ``{}``."""
+    with resources.files("lowbit.train").joinpath("presets.yaml").open() as f:
+        presets = yaml.safe_load(f)
+    return (presets.get(method) or {}).get(bits, {})
+
+
 def resolve_config(
     recipe: str | Path | None = None, overrides: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """DEFAULTS, then the recipe, then each ``--set`` override in order."""
+    """DEFAULTS, the method's preset for its bits, the recipe, then each ``--set`` in order."""
+    layers = [load_recipe(recipe)] if recipe is not None else []
+    layers += [parse_override(text) for text in overrides]
     config = DEFAULTS
-    if recipe is not None:
-        config = merge(config, load_recipe(recipe))
-    for text in overrides:
-        config = merge(config, parse_override(text))
+    for layer in layers:
+        config = merge(config, layer)
+    preset = method_preset(config["method"], config["bits"])
+    if preset:
+        config = merge(DEFAULTS, preset)
+        for layer in layers:
+            config = merge(config, layer)
     return config

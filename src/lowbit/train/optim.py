@@ -61,13 +61,17 @@ def build_optimizer(model: nn.Module, config: dict[str, Any]) -> torch.optim.Opt
     raise LowbitError(f"unknown optimizer {optim['name']!r}; choose sgd, adam or adamw")
 
 
-def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: dict[str, Any]) -> float:
-    """Multiplier of the base lr at optimizer step ``step``: linear warm-up, then cosine to
-    zero, multistep decay at epoch ``milestones``, or constant."""
+def lr_factor(
+    step: int, steps_per_epoch: int, epochs: int, schedule: dict[str, Any], base_lr: float = 1.0
+) -> float:
+    """Multiplier of the base lr at optimizer step ``step``: a warm-up (linear, or held at
+    ``warmup_lr``), then cosine to zero, multistep decay at epoch ``milestones``, or
+    constant."""
     total = max(1, steps_per_epoch * epochs)
     warmup = int(schedule["warmup_epochs"] * steps_per_epoch)
     if step < warmup:
-        return (step + 1) / warmup
+        held = schedule.get("warmup_lr")
+        return held / base_lr if held is not None else (step + 1) / warmup
     name = schedule["name"]
     if name == "cosine":
         progress = (step - warmup) / max(1, total - warmup)
@@ -82,9 +86,15 @@ def lr_factor(step: int, steps_per_epoch: int, epochs: int, schedule: dict[str, 
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int, schedule: dict[str, Any]
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    schedule: dict[str, Any],
+    base_lr: float,
 ) -> torch.optim.lr_scheduler.LambdaLR:
-    lr_factor(0, steps_per_epoch, epochs, schedule)  # validate the name before training starts
+    """Per-step schedule; ``base_lr`` is the network weights' lr (``warmup_lr`` is relative
+    to it, and the quantizer groups follow in proportion)."""
+    lr_factor(0, steps_per_epoch, epochs, schedule, base_lr)  # fail on a bad name up front
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, schedule)
+        optimizer, lambda step: lr_factor(step, steps_per_epoch, epochs, schedule, base_lr)
     )

@@ -226,9 +226,10 @@ def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None)
 def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, checkpoint) -> None:
     """Train ``model`` for the remaining epochs of ``stage``, checkpointing every epoch."""
     config, data, state = run.config, run.data, run.state
-    stage_config = {**config, "optimizer": {**config["optimizer"], "lr": lr}}
+    base = config["float_optimizer"] if stage == "float" else config["optimizer"]
+    stage_config = {**config, "optimizer": {**base, "lr": lr}}
     optimizer = build_optimizer(model, stage_config)
-    scheduler = build_scheduler(optimizer, len(data.train), epochs, config["schedule"])
+    scheduler = build_scheduler(optimizer, len(data.train), epochs, config["schedule"], lr)
     if state.stage != stage:
         state.stage, state.epoch, state.best_top1 = stage, 0, -1.0
     elif checkpoint is not None:
