@@ -1,0 +1,230 @@
+"""PNG figures: weight and activation histograms with the quantization levels drawn (APoT
+Fig. 2, UniQ Fig. 3), clipping ratio against alpha (APoT Fig. 4a), and top-1 against
+bit-width over a sweep directory.
+
+matplotlib is an optional extra (``pip install 'lowbit[plot]'``), imported only when a figure
+is drawn. The data behind each figure comes from plain functions (``histogram_panels``,
+``clipping_curves``, ``sweep_points``) that do not need it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lowbit.analysis.error import clipping_ratio
+from lowbit.errors import LowbitError
+from lowbit.export.codes import broadcast_scale
+from lowbit.export.grids import grid_levels, quantizer_grid, quantizer_input
+from lowbit.export.writer import quantized_layers
+
+MAX_PANELS = 6
+CURVE_POINTS = 200
+
+
+@dataclass(frozen=True)
+class Panel:
+    """One histogram: ``values`` in units of the quantizer's scale, and its ``levels``."""
+
+    title: str
+    values: torch.Tensor
+    levels: torch.Tensor
+
+
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:
+        raise LowbitError("plots need matplotlib: pip install 'lowbit[plot]'") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def chosen_layers(model: nn.Module, count: int = MAX_PANELS) -> list[tuple[str, nn.Module]]:
+    """Up to ``count`` quantized layers at the model's most common weight bit-width, spread
+    evenly from first to last (8-bit first / last layers would hide the levels)."""
+    layers = [(n, m) for n, m in quantized_layers(model) if m.weight_quantizer is not None]
+    common = Counter(m.weight_quantizer.bits for _, m in layers).most_common(1)[0][0]
+    layers = [(n, m) for n, m in layers if m.weight_quantizer.bits == common]
+    if len(layers) <= count:
+        return layers
+    step = (len(layers) - 1) / (count - 1) if count > 1 else 0
+    return [layers[round(i * step)] for i in range(count)]
+
+
+@torch.no_grad()
+def histogram_panels(
+    model: nn.Module, sample: torch.Tensor | None = None, count: int = MAX_PANELS
+) -> tuple[list[Panel], list[Panel]]:
+    """``(weight panels, activation panels)`` of ``chosen_layers``: what each quantizer sees
+    divided by its scale (per channel when kernel-wise), and its unscaled levels. Activation
+    panels need a ``sample`` batch (inputs of each layer's input quantizer)."""
+    layers = chosen_layers(model, count)
+    weights = []
+    for name, layer in layers:
+        quantizer = layer.weight_quantizer
+        weight = layer.weight.detach().float()
+        grid = quantizer_grid(quantizer, weight)
+        scale = broadcast_scale(grid.scale, weight.dim())
+        values = quantizer_input(quantizer, weight) / scale
+        weights.append(Panel(f"{name} ({quantizer.bits}-bit)", values.reshape(-1),
+                             grid_levels(grid.spec)))
+    activations: list[Panel] = []
+    if sample is None:
+        return weights, activations
+    seen: dict[str, torch.Tensor] = {}
+    hooks = [
+        layer.input_quantizer.register_forward_pre_hook(
+            lambda module, args, name=name: seen.setdefault(name, args[0].detach())
+        )
+        for name, layer in layers
+        if layer.input_quantizer is not None
+    ]
+    was_training = model.training
+    try:
+        model.eval()(sample)
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    for name, layer in layers:
+        if name in seen:
+            grid = quantizer_grid(layer.input_quantizer)
+            activations.append(Panel(f"{name} input ({layer.input_quantizer.bits}-bit)",
+                                     (seen[name] / grid.scale).reshape(-1).float(),
+                                     grid_levels(grid.spec)))
+    return weights, activations
+
+
+def clipping_curves(
+    model: nn.Module, count: int = MAX_PANELS
+) -> list[tuple[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
+    """APoT Fig. 4a per chosen layer: clipping ratio against ``alpha / max|W|`` from 0 to 1,
+    for the weights and, when the quantizer normalizes them (APoT Eq. 9), the normalized
+    weights (each against its own maximum)."""
+    curves = []
+    fractions = torch.linspace(0, 1, CURVE_POINTS, dtype=torch.float64)
+    for name, layer in chosen_layers(model, count):
+        weight = layer.weight.detach().float()
+        normalized = quantizer_input(layer.weight_quantizer, weight)
+        series = {"weights W": weight}
+        if normalized is not weight:
+            series["normalized weights (Eq. 9)"] = normalized
+        curves.append((name, {
+            label: (fractions, clipping_ratio(x, fractions * x.abs().max().double()))
+            for label, x in series.items()
+        }))
+    return curves
+
+
+def sweep_points(sweep_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
+    """``{"model method": [(bits, top-1), ...]}`` from ``SWEEP_DIR/*/summary.json``; float runs
+    (and quantized runs' float pre-training) under ``"model float"`` with bits 32."""
+    sweep_dir = Path(sweep_dir)
+    summaries = sorted(sweep_dir.glob("*/summary.json"))
+    if not summaries:
+        raise LowbitError(
+            f"{str(sweep_dir)!r} holds no run directories with a summary.json; give a sweep "
+            "directory (lowbit sweep --out DIR)"
+        )
+    points: dict[str, set[tuple[int, float]]] = {}
+    for path in summaries:
+        summary = json.loads(path.read_text())
+        points.setdefault(f"{summary['model']} {summary['method']}", set()).add(
+            (int(summary["bits"]), float(summary["top1"]))
+        )
+        if summary.get("float_top1") is not None:
+            points.setdefault(f"{summary['model']} float", set()).add(
+                (32, float(summary["float_top1"]))
+            )
+    return {label: sorted(values) for label, values in sorted(points.items())}
+
+
+def _grid(plt, panels: int, width: float = 4.2, height: float = 3.2):
+    columns = min(3, panels)
+    rows = -(-panels // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
+                                squeeze=False)
+    for ax in axes.flat[panels:]:
+        ax.set_visible(False)
+    return figure, list(axes.flat)
+
+
+def _save(plt, figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def plot_histograms(panels: list[Panel], path: str | Path, what: str) -> Path:
+    """Histograms of ``panels`` (density), each level a vertical line (APoT Fig. 2, UniQ
+    Fig. 3); ``what`` names the values on the x axis (e.g. "weight")."""
+    if not panels:
+        raise LowbitError(f"no quantized {what}s to plot")
+    plt = _pyplot()
+    figure, axes = _grid(plt, len(panels))
+    for ax, panel in zip(axes, panels):
+        levels = panel.levels.float()
+        span = float(levels[-1] - levels[0])
+        lo, hi = float(levels[0]) - 0.25 * span, float(levels[-1]) + 0.25 * span
+        values = panel.values.clamp(lo, hi).numpy()
+        ax.hist(values, bins=120, range=(lo, hi), density=True, color="tab:blue", alpha=0.6,
+                label=f"{what}s")
+        for i, level in enumerate(levels.tolist()):
+            ax.axvline(level, color="tab:red", linewidth=0.8, alpha=0.8,
+                       label="quantization levels" if i == 0 else None)
+        ax.set_title(panel.title, fontsize=10)
+        ax.set_xlabel(f"{what} / scale (alpha or step)")
+        ax.set_ylabel("density")
+        ax.legend(fontsize=8, loc="upper right")
+    return _save(plt, figure, Path(path))
+
+
+def plot_clipping(curves, path: str | Path) -> Path:
+    """Clipping ratio against alpha (APoT Fig. 4a), one panel per layer."""
+    if not curves:
+        raise LowbitError("no quantized layers to plot clipping ratios for")
+    plt = _pyplot()
+    figure, axes = _grid(plt, len(curves))
+    for ax, (name, series) in zip(axes, curves):
+        for label, (fractions, ratio) in series.items():
+            ax.plot(fractions.numpy(), ratio.numpy(), label=label)
+        ax.set_title(name, fontsize=10)
+        ax.set_xlabel("alpha / max |W|")
+        ax.set_ylabel("clipping ratio")
+        ax.set_ylim(-0.02, 1.02)
+        ax.legend(fontsize=8)
+    return _save(plt, figure, Path(path))
+
+
+def plot_sweep(points: dict[str, list[tuple[int, float]]], path: str | Path) -> Path:
+    """Top-1 against bit-width, one line per model and method; float results as dashed
+    horizontal lines."""
+    plt = _pyplot()
+    figure, ax = plt.subplots(figsize=(6.4, 4.4))
+    bits_seen = sorted({b for values in points.values() for b, _ in values if b < 32})
+    for label, values in points.items():
+        quantized = [(b, top1) for b, top1 in values if b < 32]
+        if quantized:
+            ax.plot(*zip(*quantized), marker="o", label=label)
+        for b, top1 in values:
+            if b == 32:
+                ax.axhline(top1, linestyle="--", linewidth=1, color="gray",
+                           label=f"{label} ({top1:.2f}%)")
+    if bits_seen:
+        ax.set_xticks(bits_seen)
+    ax.set_xlabel("bit-width (weights / activations)")
+    ax.set_ylabel("top-1 accuracy (%)")
+    ax.set_title("accuracy vs bit-width")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(plt, figure, Path(path))

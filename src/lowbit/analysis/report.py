@@ -1,0 +1,152 @@
+"""What ``lowbit report | plot | export`` take as MODEL: a zoo name (quantized on the spot with
+``--method`` / ``--bits``) or a lowbit checkpoint; and the text form of a cost report.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import lowbit
+from lowbit.analysis.cost import ModelCost
+from lowbit.errors import LowbitError
+from lowbit.evaluate import checkpoint_config, rebuild_model
+from lowbit.models import available_models, build_model
+from lowbit.nn.quantize import quantizable_layers
+from lowbit.train.checkpoint import load_checkpoint
+
+# Input side of the images each zoo model / data set is made for (``--image-size`` overrides).
+MODEL_IMAGE_SIZE = {"resnet18": 224, "resnet34": 224, "resnet50": 224, "mobilenetv2": 224,
+                    "lenet5": 28, "small_cnn": 8}
+DATA_IMAGE_SIZE = {"imagenet": 224, "image_folder": 224, "mnist": 28, "fashion_mnist": 28,
+                   "digits": 8}
+DEFAULT_IMAGE_SIZE = 32
+
+
+def load_model(
+    source: str,
+    method: str | None = None,
+    bits: int | None = None,
+    first_last_bits: int | None = 8,
+    device: str = "cpu",
+) -> tuple[nn.Module, dict[str, Any]]:
+    """``(model, info)`` for a zoo name or a checkpoint path.
+
+    A zoo model is built on ``device`` (``"meta"``: shapes only, for counting) and quantized
+    with ``method`` / ``bits`` when given; a checkpoint rebuilds the model its config
+    describes, with its tensors. ``info`` has ``name``, ``options``, ``num_classes``,
+    ``in_channels`` (what an export records), ``method``, ``bits`` and ``image_size``.
+    """
+    if Path(source).is_file():
+        if method is not None or bits is not None:
+            raise LowbitError(
+                "a checkpoint carries its own method and bits; drop --method / --bits"
+            )
+        return _from_checkpoint(source)
+    if source not in available_models():
+        raise LowbitError(
+            f"{source!r} is neither a checkpoint file nor a zoo model; zoo models: "
+            f"{', '.join(available_models())}"
+        )
+    if (method is None) != (bits is None):
+        raise LowbitError("give --method and --bits together (neither for the float model)")
+    with torch.device(device):
+        model = build_model(source)
+    if method is not None:
+        lowbit.quantize(model, method, bits, first_last_bits)
+    first, last = _first_last(model)
+    info = {
+        "name": source,
+        "options": {},
+        "num_classes": last.weight.shape[0],
+        "in_channels": first.weight.shape[1] * getattr(first, "groups", 1),
+        "method": method or "float",
+        "bits": bits or 32,
+        "image_size": MODEL_IMAGE_SIZE.get(source, DEFAULT_IMAGE_SIZE),
+    }
+    return model, info
+
+
+def _first_last(model: nn.Module) -> tuple[nn.Module, nn.Module]:
+    layers = [module for _, module in model.named_modules()
+              if isinstance(module, (nn.Conv2d, nn.Linear))]
+    if not layers:
+        raise LowbitError(f"{type(model).__name__} has no Conv2d or Linear layer")
+    return layers[0], layers[-1]
+
+
+def _from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
+    checkpoint = load_checkpoint(path)
+    config = checkpoint_config(checkpoint, path)
+    # The data set is not needed: the first and last layers' shapes give its classes and
+    # channels (every zoo model starts with a conv and ends with a linear layer).
+    with torch.device("meta"):
+        skeleton = build_model(config["model"]["name"], **config["model"]["options"])
+    names = [name for name, _ in quantizable_layers(skeleton)]
+    state = checkpoint["model"]
+    try:
+        in_channels = state[f"{names[0]}.weight"].shape[1] * getattr(
+            skeleton.get_submodule(names[0]), "groups", 1)
+        num_classes = state[f"{names[-1]}.weight"].shape[0]
+    except (IndexError, KeyError):
+        name = config["model"]["name"]
+        raise LowbitError(f"{path!r} does not hold the layers of {name}") from None
+    model = rebuild_model(checkpoint, num_classes, in_channels, path)
+    quantized = checkpoint.get("stage", "quant") == "quant" and config.get("bits") is not None
+    info = {
+        "name": config["model"]["name"],
+        "options": dict(config["model"]["options"]),
+        "num_classes": int(num_classes),
+        "in_channels": int(in_channels),
+        "method": config["method"] if quantized else "float",
+        "bits": config["bits"] if quantized else 32,
+        "image_size": DATA_IMAGE_SIZE.get(config["data"]["name"], DEFAULT_IMAGE_SIZE),
+    }
+    return model, info
+
+
+def sample_input(model: nn.Module, info: dict[str, Any], image_size: int | None = None,
+                 batch: int = 1) -> torch.Tensor:
+    """A zero batch shaped like the model's input, on the model's device."""
+    side = image_size or info["image_size"]
+    device = next(model.parameters()).device
+    return torch.zeros(batch, info["in_channels"], side, side, device=device)
+
+
+def significant(value: float, digits: int = 3) -> str:
+    """``value`` to ``digits`` significant digits, keeping trailing zeros (Table 1's style)."""
+    if value == 0:
+        return "0"
+    decimals = max(digits - 1 - math.floor(math.log10(abs(value))), 0)
+    return f"{value:.{decimals}f}"
+
+
+def count(value: float) -> str:
+    """An operation or parameter count with a K / M / G suffix, 3 significant digits."""
+    for suffix, unit in (("G", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(value) >= unit * 0.9995:
+            return significant(value / unit) + suffix
+    return significant(value)
+
+
+def format_report(cost: ModelCost, info: dict[str, Any]) -> str:
+    """The per-layer table and the totals as text."""
+    label = info["method"] if info["method"] == "float" else f"{info['method']} {info['bits']}-bit"
+    rows = [f"{info['name']} {label}",
+            f"{'layer':<28}{'type':<8}{'W/A bits':>9}{'params':>9}{'MACs':>9}"
+            f"{'FixOPs':>9}{'BitOPs':>9}"]
+    for layer in cost.layers:
+        bits = f"{layer.weight_bits or 32}/{layer.input_bits or 32}"
+        kind = layer.kind.removeprefix("Q")
+        rows.append(f"{layer.name:<28}{kind:<8}{bits:>9}{count(layer.params):>9}"
+                    f"{count(layer.macs):>9}{count(layer.fixops):>9}{count(layer.bitops):>9}")
+    rows.append(
+        f"total: {count(cost.params)} parameters, size {significant(cost.size_mb)} MB "
+        f"(2^20 bytes), {count(cost.macs)} MACs, {count(cost.fixops)} FixOPs, "
+        f"{count(cost.bitops)} BitOPs"
+    )
+    return "\n".join(rows)

@@ -1,0 +1,158 @@
+"""ONNX export of uniformly quantized models as QuantizeLinear / DequantizeLinear graphs.
+
+Every quantized layer's weight becomes an 8-bit QuantizeLinear -> DequantizeLinear pair on its
+on-grid values (per output channel when the scale is), and a quantized input becomes Clip ->
+QuantizeLinear -> DequantizeLinear: clipping to the grid's end levels first makes the 8-bit
+ONNX range reproduce any grid of up to 8 bits. UniQ's half-integer codes are shifted by half
+a step around the pair. Only uniform grids map to QuantizeLinear; APoT / PoT levels do not
+(use ``lowbit export``).
+
+ONNX rounds half to even; lowbit's RCF quantizers round ties up, so values exactly half-way
+between two levels may differ. Needs the ``onnx`` package (``pip install 'lowbit[onnx]'``).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.export.codes import broadcast_scale
+from lowbit.export.grids import GridSpec, quantizer_grid
+from lowbit.export.runtime import replace_module
+from lowbit.export.writer import quantized_layers
+
+OPSET = 13  # per-channel QuantizeLinear (axis) needs 13
+RANGES = ((0, 255), (-128, 127))  # the integer ranges ONNX's 8-bit QuantizeLinear offers
+
+
+def uniform_steps(spec: GridSpec, scale: torch.Tensor) -> tuple[torch.Tensor, float, int]:
+    """``(step, first, count)`` of a uniform grid: its levels are ``step * (first + k)`` for
+    ``k < count``; a clear error for non-uniform (APoT, PoT) grids."""
+    if spec["levels"] == "integer":
+        return scale / spec["divisor"], float(spec["first"]), int(spec["count"])
+    if spec["levels"] != "uniform":
+        raise LowbitError(
+            f"ONNX QuantizeLinear needs uniform levels, not {spec['levels']}; export APoT / PoT "
+            "models with lowbit export (integer codes + the deploy runtime)"
+        )
+    top = 2 ** (spec["bits"] - 1) - 1 if spec["signed"] else 2 ** spec["bits"] - 1
+    first = -top if spec["signed"] else 0
+    return scale / top, float(first), int(-first + top + 1)
+
+
+class QuantizeDequantize(nn.Module):
+    """``step * (shift + clamp(round(x / step - shift)))`` over a uniform grid, written with
+    the ops the ONNX exporter turns into QuantizeLinear / DequantizeLinear."""
+
+    def __init__(self, step: torch.Tensor, first: float, count: int, clip: bool) -> None:
+        super().__init__()
+        low = math.floor(first)
+        high = low + count - 1
+        fitting = [r for r in RANGES if r[0] <= low and high <= r[1]]
+        if not fitting:
+            raise LowbitError(f"a grid of codes {low}..{high} does not fit 8-bit QuantizeLinear")
+        self.quant_min, self.quant_max = fitting[0]
+        self.per_channel = step.dim() == 1
+        self.clip = clip
+        self.register_buffer("step", step.float())
+        self.register_buffer("shift", (first - low) * step.float())
+        self.register_buffer("zero_point", torch.zeros(step.shape, dtype=torch.int32))
+        self.low, self.high = float(low), float(high)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shift = broadcast_scale(self.shift, x.dim())
+        shifted = bool(self.shift.any())
+        if shifted:
+            x = x - shift
+        if self.clip:
+            x = torch.clamp(x, self.low * float(self.step), self.high * float(self.step))
+        if self.per_channel:
+            x = torch.fake_quantize_per_channel_affine(
+                x, self.step, self.zero_point, 0, self.quant_min, self.quant_max
+            )
+        else:
+            x = torch.fake_quantize_per_tensor_affine(
+                x, float(self.step), 0, self.quant_min, self.quant_max
+            )
+        return x + shift if shifted else x
+
+
+class QDQLayer(nn.Module):
+    """A Conv2d / Linear whose input and weight pass through ``QuantizeDequantize``."""
+
+    def __init__(
+        self, layer: nn.Module, weight: QuantizeDequantize, inputs: QuantizeDequantize | None
+    ) -> None:
+        super().__init__()
+        self.layer, self.weight_qdq, self.input_qdq = layer, weight, inputs
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.input_qdq is not None:
+            x = self.input_qdq(x)
+        weight = self.weight_qdq(self.layer.weight)
+        if isinstance(self.layer, nn.Conv2d):
+            return nn.Conv2d._conv_forward(self.layer, x, weight, self.layer.bias)
+        return F.linear(x, weight, self.layer.bias)
+
+
+@torch.no_grad()
+def qdq_model(model: nn.Module) -> nn.Module:
+    """A copy of a quantized lowbit model in which every quantized layer is a ``QDQLayer``
+    holding its on-grid weights (what ``torch.onnx.export`` turns into a QDQ graph)."""
+    model = copy.deepcopy(model).eval()
+    for name, layer in quantized_layers(model):
+        if layer.weight_quantizer is None:
+            raise LowbitError(f"{name} quantizes its input only; ONNX export needs both")
+        grid = quantizer_grid(layer.weight_quantizer, layer.weight.detach())
+        layer.weight.copy_(layer.weight_quantizer(layer.weight))
+        weight_qdq = QuantizeDequantize(*uniform_steps(grid.spec, grid.scale), clip=False)
+        input_qdq = None
+        if layer.input_quantizer is not None:
+            grid = quantizer_grid(layer.input_quantizer)
+            input_qdq = QuantizeDequantize(*uniform_steps(grid.spec, grid.scale), clip=True)
+        layer.weight_quantizer = layer.input_quantizer = None
+        replace_module(model, name, QDQLayer(layer, weight_qdq, input_qdq))
+    return model
+
+
+def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Path:
+    """Write ``model`` (quantized with uniform grids: uniform, lsq, uniq) as an ONNX QDQ
+    graph traced on ``sample`` (batch size free), atomically; returns ``path``."""
+    try:
+        import onnx  # noqa: F401  (torch.onnx.export needs it)
+    except ImportError:
+        raise LowbitError("ONNX export needs onnx: pip install 'lowbit[onnx]'") from None
+    path = Path(path)
+    if path.is_dir():
+        raise LowbitError(f"{str(path)!r} is a directory; give the .onnx file to write")
+    exportable = qdq_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    os.close(handle)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+            torch.onnx.export(
+                exportable,
+                (sample,),
+                temporary,
+                dynamo=False,
+                opset_version=OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
