@@ -15,6 +15,7 @@ from lowbit.errors import LowbitError
 
 def _train(args: argparse.Namespace) -> int:
     from lowbit.train.config import resolve_config
+    from lowbit.train.recipes import find_recipe
     from lowbit.train.run import resume, run_training
 
     if args.resume:
@@ -27,7 +28,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append(f"init={args.init}")
         if args.out:
             overrides.append(f"out={args.out}")
-        summary = run_training(resolve_config(args.recipe, overrides))
+        recipe = find_recipe(args.recipe) if args.recipe else None  # a file or packaged name
+        summary = run_training(resolve_config(recipe, overrides))
     print(format_summary(summary))
     return 0
 
@@ -64,6 +66,32 @@ def _methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lowbit.train.recipes import find_recipe
+    from lowbit.train.sweep import format_table, load_spec, rows_from_recipes, run_sweep
+
+    if bool(args.spec) == bool(args.recipe):
+        raise LowbitError("give lowbit sweep either a SPEC file or --recipe (repeatable)")
+    rows = load_spec(args.spec) if args.spec else rows_from_recipes(args.recipe)
+    name = find_recipe(args.spec).stem if args.spec else rows[0].name
+    sweep_dir = Path(args.out or Path("runs") / f"sweep-{name}")
+    overrides = list(args.set) + ([f"data.dir={args.data_dir}"] if args.data_dir else [])
+    records = run_sweep(rows, sweep_dir, overrides)
+    print(format_table(records, f"Sweep {sweep_dir.name}"))
+    print(f"table and sweep.json in {sweep_dir}")
+    return 1 if any(record["status"] == "failed" for record in records) else 0
+
+
+def _recipes(args: argparse.Namespace) -> int:
+    from lowbit.train.recipes import describe_packaged
+
+    for kind, name, description in describe_packaged():
+        print(f"{kind:<7} {name:<42} {description}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowbit", description="Low-bit quantization-aware training."
@@ -89,6 +117,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     methods = commands.add_parser("methods", help="list the quantization methods")
     methods.set_defaults(handler=_methods)
+
+    sweep = commands.add_parser(
+        "sweep", help="train a list of recipes in turn; table of paper vs ours (resumable)"
+    )
+    sweep.add_argument("spec", nargs="?", help="sweep YAML (a list of rows) or packaged name")
+    sweep.add_argument(
+        "--recipe", action="append", default=[], help="a row: recipe file or name (repeatable)"
+    )
+    sweep.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override for every row"
+    )
+    sweep.add_argument("--data-dir", help="where the data set's files are (every row)")
+    sweep.add_argument("--out", help="sweep directory (default runs/sweep-<spec or recipe>)")
+    sweep.set_defaults(handler=_sweep)
+
+    recipes = commands.add_parser("recipes", help="list the packaged recipes and sweeps")
+    recipes.set_defaults(handler=_recipes)
     return parser
 
 
@@ -100,7 +145,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"lowbit: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        hint = " (resume with: lowbit train --resume RUN_DIR)" if args.command == "train" else ""
+        hint = {
+            "train": " (resume with: lowbit train --resume RUN_DIR)",
+            "sweep": " (run the same lowbit sweep command again to continue)",
+        }.get(args.command, "")
         print(f"lowbit: interrupted{hint}", file=sys.stderr)
         return 130
 
