@@ -71,3 +71,12 @@ def test_linear_warmup_and_multistep():
 def test_unknown_schedule_is_an_error():
     with pytest.raises(LowbitError, match="unknown schedule"):
         lr_factor(0, 1, 1, {**DEFAULTS["schedule"], "name": "step"})
+
+
+def test_relaxed_methods_default_to_adam_at_every_bit_width():
+    """SRQ App. F trains with Adam at lr 5e-4."""
+    for method in ("rq", "srq", "srq-dropbits"):
+        for bits in (2, 4):
+            config = resolve_config(None, [f"method={method}", f"bits={bits}"])
+            assert config["optimizer"]["name"] == "adam"
+            assert config["optimizer"]["lr"] == 0.0005

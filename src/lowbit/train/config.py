@@ -120,10 +120,17 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
 
 
 def method_preset(method: str, bits: Any) -> dict[str, Any]:
-    """The paper's training settings for ``method`` at ``bits`` (``presets.yaml``), or ``{}``."""
+    """The paper's training settings for ``method`` at ``bits`` (``presets.yaml``): its
+    ``any`` entry updated by its entry for ``bits``; ``{}`` when it has none."""
     with resources.files("lowbit.train").joinpath("presets.yaml").open() as f:
-        presets = yaml.safe_load(f)
-    return (presets.get(method) or {}).get(bits, {})
+        presets = yaml.safe_load(f).get(method) or {}
+    preset = copy.deepcopy(presets.get("any", {}))
+    for key, value in presets.get(bits, {}).items():
+        if isinstance(value, dict) and isinstance(preset.get(key), dict):
+            preset[key] = {**preset[key], **value}
+        else:
+            preset[key] = value
+    return preset
 
 
 def resolve_config(

@@ -182,10 +182,9 @@ def _train(config: dict[str, Any], run_dir: Path | None, group: ProcessGroup) ->
         model = _prepare_model(run, stage, checkpoint, model)
         run_stage(run, model, stage, epochs, lr, checkpoint)
         checkpoint = None
-    identical = distributed.ranks_agree(model, group)
-    if not identical:
+    if not distributed.ranks_agree(model, group):
         raise RuntimeError("distributed processes ended with different weights")
-    return _write_summary(run)
+    return _write_summary(run, learned_bits(model))
 
 
 def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None) -> nn.Module:
@@ -287,7 +286,17 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
         run.save("last.pt", {**payload, "run_state": state.__dict__})
 
 
-def _write_summary(run: Run) -> dict[str, Any]:
+def learned_bits(model: nn.Module) -> dict[str, str]:
+    """Bit-widths the quantizers learned (DropBits, SRQ §3.5), by layer: every module with a
+    ``learned_bits()`` method reports for the layer that owns it."""
+    return {
+        name.split(".weight_quantizer")[0]: module.learned_bits()
+        for name, module in model.named_modules()
+        if callable(getattr(module, "learned_bits", None))
+    }
+
+
+def _write_summary(run: Run, layer_bits: dict[str, str]) -> dict[str, Any]:
     config, state = run.config, run.state
     final = state.results.get("quant") or state.results["float"]
     summary = {
@@ -301,6 +310,7 @@ def _write_summary(run: Run) -> dict[str, Any]:
         "float_top1": state.results.get("float", {}).get("top1"),
         "seconds": {k: round(v, 2) for k, v in state.seconds.items()},
         "world_size": run.group.world_size,
+        **({"learned_bits": layer_bits} if layer_bits else {}),
         "paper": config["paper"],
         "run_dir": str(run.run_dir) if run.run_dir else None,
     }
