@@ -65,7 +65,7 @@ def histogram_panels(
 ) -> tuple[list[Panel], list[Panel]]:
     """``(weight panels, activation panels)`` of ``chosen_layers``: what each quantizer sees
     divided by its scale (per channel when kernel-wise), and its unscaled levels. Activation
-    panels need a ``sample`` batch (inputs of each layer's input quantizer)."""
+    panels need a ``sample`` batch (inputs of each layer's input quantizer; zeros left out)."""
     layers = chosen_layers(model, count)
     weights = []
     for name, layer in layers:
@@ -97,30 +97,31 @@ def histogram_panels(
     for name, layer in layers:
         if name in seen:
             grid = quantizer_grid(layer.input_quantizer)
-            activations.append(Panel(f"{name} input ({layer.input_quantizer.bits}-bit)",
-                                     (seen[name] / grid.scale).reshape(-1).float(),
-                                     grid_levels(grid.spec)))
+            values = (seen[name] / grid.scale).reshape(-1).float()
+            # ReLU's exact zeros sit on the zero level and would dwarf the rest of the density
+            activations.append(Panel(f"{name} input ({layer.input_quantizer.bits}-bit), nonzero",
+                                     values[values != 0], grid_levels(grid.spec)))
     return weights, activations
 
 
 def clipping_curves(
     model: nn.Module, count: int = MAX_PANELS
 ) -> list[tuple[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]]:
-    """APoT Fig. 4a per chosen layer: clipping ratio against ``alpha / max|W|`` from 0 to 1,
-    for the weights and, when the quantizer normalizes them (APoT Eq. 9), the normalized
-    weights (each against its own maximum)."""
+    """APoT Fig. 4a per chosen layer: clipping ratio against alpha, from 0 to the largest
+    magnitude, for the weights and, when the quantizer normalizes them (APoT Eq. 9), for the
+    normalized weights on the same alpha axis (their ratio falls far more gently)."""
     curves = []
-    fractions = torch.linspace(0, 1, CURVE_POINTS, dtype=torch.float64)
     for name, layer in chosen_layers(model, count):
         weight = layer.weight.detach().float()
         normalized = quantizer_input(layer.weight_quantizer, weight)
         series = {"weights W": weight}
         if normalized is not weight:
             series["normalized weights (Eq. 9)"] = normalized
-        curves.append((name, {
-            label: (fractions, clipping_ratio(x, fractions * x.abs().max().double()))
-            for label, x in series.items()
-        }))
+        top = max(float(x.abs().max()) for x in series.values())
+        alphas = torch.linspace(0, top, CURVE_POINTS, dtype=torch.float64)
+        curves.append(
+            (name, {label: (alphas, clipping_ratio(x, alphas)) for label, x in series.items()})
+        )
     return curves
 
 
@@ -176,9 +177,13 @@ def plot_histograms(panels: list[Panel], path: str | Path, what: str) -> Path:
         levels = panel.levels.float()
         span = float(levels[-1] - levels[0])
         lo, hi = float(levels[0]) - 0.25 * span, float(levels[-1]) + 0.25 * span
+        beyond = float(((panel.values < lo) | (panel.values > hi)).float().mean())
         values = panel.values.clamp(lo, hi).numpy()
         ax.hist(values, bins=120, range=(lo, hi), density=True, color="tab:blue", alpha=0.6,
                 label=f"{what}s")
+        if beyond > 0:
+            ax.text(0.02, 0.95, f"{beyond:.1%} beyond the axis,\ndrawn at its ends",
+                    transform=ax.transAxes, fontsize=8, va="top")
         for i, level in enumerate(levels.tolist()):
             ax.axvline(level, color="tab:red", linewidth=0.8, alpha=0.8,
                        label="quantization levels" if i == 0 else None)
@@ -196,10 +201,10 @@ def plot_clipping(curves, path: str | Path) -> Path:
     plt = _pyplot()
     figure, axes = _grid(plt, len(curves))
     for ax, (name, series) in zip(axes, curves):
-        for label, (fractions, ratio) in series.items():
-            ax.plot(fractions.numpy(), ratio.numpy(), label=label)
+        for label, (alphas, ratio) in series.items():
+            ax.plot(alphas.numpy(), ratio.numpy(), label=label)
         ax.set_title(name, fontsize=10)
-        ax.set_xlabel("alpha / max |W|")
+        ax.set_xlabel("clipping threshold alpha")
         ax.set_ylabel("clipping ratio")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)

@@ -98,7 +98,7 @@ def _learned_step(quantizer: LearnedStepQuantizer, weight: torch.Tensor | None) 
     if not quantizer.initialized:
         raise LowbitError(
             "a learned-step quantizer has no step size yet; calibrate or train the model "
-            "(lowbit.nn.calibrate) before exporting it"
+            "(lowbit.nn.calibrate) first"
         )
     count = int(quantizer.q_max - quantizer.q_min) + 1
     spec = {"levels": "integer", "first": quantizer.q_min, "count": count, "divisor": 1}

@@ -56,8 +56,8 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
             )
     if not any(layer.weight_quantizer is not None for _, layer in layers):
         raise LowbitError(
-            f"{type(model).__name__} is a float model: quantize it (lowbit.quantize, or train "
-            "with a method) before exporting integer codes"
+            f"{type(model).__name__} is a float model: quantize it first (lowbit.quantize, or "
+            "a checkpoint of a quantized run)"
         )
     return layers
 
