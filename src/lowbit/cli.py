@@ -1,4 +1,4 @@
-"""The ``lowbit`` command line: ``lowbit train | methods``.
+"""The ``lowbit`` command line: ``lowbit train | eval | import | methods``.
 
 User mistakes (``LowbitError``) print one line and exit with status 2; an interrupted run
 says how to resume it.
@@ -7,6 +7,7 @@ says how to resume it.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 
@@ -55,6 +56,36 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{name:<16}{top1:>7.2f}%{time_text:>9}")
     lines.append(f"run directory: {summary['run_dir']}")
     return "\n".join(lines)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from lowbit.evaluate import evaluate_checkpoint
+
+    result = evaluate_checkpoint(
+        args.checkpoint, args.data, args.data_dir, args.batch_size, args.device
+    )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        label = result["method"]
+        if label != "float":
+            label += f" {result['bits']}-bit"
+        print(
+            f"{result['model']} {label} on {result['data']} ({result['n']} test images): "
+            f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%"
+        )
+    return 0
+
+
+def _import_apot_official(args: argparse.Namespace) -> int:
+    from lowbit.convert import import_apot_official
+
+    result = import_apot_official(args.src, args.bits, args.out)
+    print(
+        f"wrote {result['checkpoint']}: {result['model']} ({result['bits']}-bit, "
+        f"{result['data']}); evaluate it with: lowbit eval {result['checkpoint']} --data-dir DIR"
+    )
+    return 0
 
 
 def _methods(args: argparse.Namespace) -> int:
@@ -114,6 +145,25 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="parent directory of the run directory (default runs/)")
     train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
     train.set_defaults(handler=_train)
+
+    evaluation = commands.add_parser("eval", help="top-1/top-5 of a lowbit checkpoint")
+    evaluation.add_argument("checkpoint", help="a .pt from lowbit train or lowbit import")
+    evaluation.add_argument("--data", help="data set name (default: the checkpoint's)")
+    evaluation.add_argument("--data-dir", help="where the data set's files are")
+    evaluation.add_argument("--batch-size", type=int, help="evaluation batch size")
+    evaluation.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    evaluation.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluation.set_defaults(handler=_eval)
+
+    importer = commands.add_parser("import", help="convert another code's checkpoint")
+    formats = importer.add_subparsers(dest="format", required=True)
+    apot = formats.add_parser(
+        "apot-official", help="the APoT authors' CIFAR ResNet checkpoints (.pth.tar)"
+    )
+    apot.add_argument("src", help="the authors' checkpoint file")
+    apot.add_argument("--bits", required=True, help="bits it was trained with: 2-5, or 32/float")
+    apot.add_argument("-o", "--out", required=True, help="the lowbit checkpoint to write")
+    apot.set_defaults(handler=_import_apot_official)
 
     methods = commands.add_parser("methods", help="list the quantization methods")
     methods.set_defaults(handler=_methods)

@@ -80,9 +80,26 @@ def test_requires_grad_semantics():
     assert model.body[1].input_quantizer.alpha.grad is not None
 
 
+def test_override_mapping_names_another_method_and_bits_none_keeps_the_rest_float():
+    """A layer spec {"method", "bits", "weight_options"} picks that layer's quantizers alone."""
+    spec = {"method": "uniform", "bits": 3, "weight_options": {"alpha": 2.0}}
+    model = lowbit.quantize(TinyNet(), "apot", None, overrides={"head": spec},
+                            weight_options={"alpha": 5.0})
+    assert type(model.body[1]) is nn.Conv2d  # bits=None: float
+    assert model.stem.weight_quantizer.level_set == "apot"  # first_last_bits=8
+    assert model.stem.weight_quantizer.alpha.item() == 5.0
+    head = model.head.weight_quantizer
+    assert (head.level_set, head.bits, head.alpha.item()) == ("uniform", 3, 2.0)
+    assert model.head.input_quantizer.alpha.item() == 8.0  # uniform's default, not apot's options
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [
+        ({"overrides": {"head": {"bit": 3}}}, "unknown keys bit"),
+        ({"overrides": {"head": {"method": "nope", "bits": 3}}}, "unknown method"),
+        ({"overrides": {"head": {"bits": 9}}}, "bits of head=9"),
+        ({"bits": None, "overrides": {"head": {"method": "apot"}}}, "needs bits"),
         ({"method": "nope"}, "unknown method"),
         ({"bits": 1}, "supports 2..8 bits"),
         ({"bits": 9}, "supports 2..8 bits"),

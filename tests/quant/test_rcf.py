@@ -6,8 +6,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import lowbit
+from lowbit.errors import LowbitError
 from lowbit.quant.project import project_to_levels
-from lowbit.quant.rcf import RCFQuantizer, normalize_weight, rcf_quantize
+from lowbit.quant.rcf import WEIGHT_NORMALIZATIONS, RCFQuantizer, normalize_weight, rcf_quantize
 from lowbit.quant.registry import get_method
 
 
@@ -75,6 +76,22 @@ def test_weight_normalization_is_eq9():
 def test_weight_normalization_is_differentiated_through_mean_and_std():
     w = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(normalize_weight, (w,))
+
+
+def test_detached_weight_normalization_is_the_apot_authors_eq9():
+    """Eq. 9 as the authors' code computes it: unbiased std, no eps, mean and std constants."""
+    w = (torch.randn(16, 8, 3, 3) * 0.05).requires_grad_()
+    quantizer = RCFQuantizer("apot", 4, signed=True, alpha=3.0, normalize=True,
+                             normalization="detached")
+    n = normalize_weight(w, **WEIGHT_NORMALIZATIONS["detached"])
+    torch.testing.assert_close(n, (w - w.mean()) / w.std(correction=1), rtol=0, atol=0)
+    g = torch.randn_like(w)
+    n.backward(g)
+    torch.testing.assert_close(w.grad, g / w.detach().std())
+    expected = rcf_quantize(n.detach(), quantizer.alpha, quantizer.levels, signed=True)
+    torch.testing.assert_close(quantizer(w.detach()), expected)
+    with pytest.raises(LowbitError, match="unknown weight normalization"):
+        RCFQuantizer("apot", 4, signed=True, alpha=3.0, normalization="nope")
 
 
 def test_weight_quantizer_normalizes_then_quantizes():

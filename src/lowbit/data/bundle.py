@@ -30,6 +30,7 @@ def tensor_bundle(
     """
     if options.limit:
         train_images, train_labels = train_images[: options.limit], train_labels[: options.limit]
+    mean, std = options.normalization(mean, std)
     common = dict(mean=mean, std=std, device=options.device, seed=options.seed)
     train = TensorLoader(
         train_images, train_labels, options.batch_size, shuffle=True,

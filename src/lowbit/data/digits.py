@@ -45,7 +45,8 @@ def build_digits(options: DataOptions) -> DataBundle:
     train_x, train_y, test_x, test_y = load_digits()
     if options.limit:
         train_x, train_y = train_x[: options.limit], train_y[: options.limit]
-    common = dict(mean=MEAN, std=STD, device=options.device, seed=options.seed)
+    mean, std = options.normalization(MEAN, STD)
+    common = dict(mean=mean, std=std, device=options.device, seed=options.seed)
     train = TensorLoader(
         train_x,
         train_y,

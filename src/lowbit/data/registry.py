@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
 
@@ -42,6 +43,20 @@ class DataOptions:
     world_size: int = 1
     limit: int | None = None  # keep only the first `limit` training images (smoke runs)
     workers: int = 4
+    mean: Sequence[float] | None = None  # per-channel input normalization instead of the
+    std: Sequence[float] | None = None  # data set's own (e.g. the values a checkpoint used)
+
+    def normalization(
+        self, mean: Sequence[float], std: Sequence[float]
+    ) -> tuple[Sequence[float], Sequence[float]]:
+        """The data set's ``mean`` / ``std`` unless these options override them."""
+        chosen = (self.mean or mean, self.std or std)
+        for name, values in zip(("mean", "std"), chosen):
+            if not isinstance(values, Sequence) or len(values) != len(mean):
+                raise LowbitError(
+                    f"data.{name} needs {len(mean)} values (one per channel), got {values!r}"
+                )
+        return chosen
 
 
 DataBuilder = Callable[[DataOptions], DataBundle]

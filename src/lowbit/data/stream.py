@@ -160,6 +160,7 @@ def stream_bundle(
     if options.limit:
         train_samples = train_samples[: options.limit]
     test_samples = list_samples(tree.test, tree.classes)
+    mean, std = options.normalization(mean, std)
     common = dict(mean=mean, std=std, device=options.device, seed=options.seed,
                   workers=options.workers)
     train = StreamLoader(

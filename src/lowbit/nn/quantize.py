@@ -5,7 +5,8 @@ from __future__ import annotations
 import fnmatch
 import warnings
 from collections.abc import Mapping
-from typing import Any, Optional
+from dataclasses import dataclass
+from typing import Any, Optional, Union
 
 from torch import nn
 
@@ -14,6 +15,20 @@ from lowbit.nn.layers import QUANTIZED_LAYERS
 from lowbit.quant.registry import Method, get_method
 
 LayerBits = Optional[int]
+# What an override gives a layer: bits of the run's method, None (float), or a mapping
+# {"method": ..., "bits": ..., "weight_options": ..., "input_options": ...} (any subset).
+LayerSpec = Union[int, None, Mapping[str, Any]]
+LAYER_SPEC_KEYS = ("method", "bits", "weight_options", "input_options")
+
+
+@dataclass(frozen=True)
+class LayerQuantization:
+    """How one layer is quantized: its method, bits and quantizer options."""
+
+    method: Method
+    bits: int
+    weight_options: Mapping[str, Any]
+    input_options: Mapping[str, Any]
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
@@ -35,13 +50,13 @@ def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 def layer_bits(
     names: list[str],
-    bits: int,
+    bits: LayerBits,
     first_last_bits: LayerBits,
-    overrides: Mapping[str, LayerBits] | None,
-) -> dict[str, LayerBits]:
+    overrides: Mapping[str, LayerSpec] | None,
+) -> dict[str, LayerSpec]:
     """Bits of each layer: ``bits``, ``first_last_bits`` for the first and last, then the
     ``overrides`` patterns (fnmatch on module names, later patterns win; ``None`` = float)."""
-    plan: dict[str, LayerBits] = {name: bits for name in names}
+    plan: dict[str, LayerSpec] = {name: bits for name in names}
     if names:
         plan[names[0]] = plan[names[-1]] = first_last_bits
     for pattern, value in (overrides or {}).items():
@@ -56,12 +71,50 @@ def layer_bits(
     return plan
 
 
+def resolve_layer(
+    name: str,
+    spec: LayerSpec,
+    method: Method,
+    bits: LayerBits,
+    weight_options: Mapping[str, Any],
+    input_options: Mapping[str, Any],
+) -> LayerQuantization | None:
+    """What the plan entry ``spec`` of layer ``name`` means; ``None`` keeps the layer float.
+
+    A mapping's missing keys come from the run (``method``, ``bits`` and, for the run's own
+    method, its options); a layer given another method gets only the options it names.
+    """
+    if spec is None:
+        return None
+    if not isinstance(spec, Mapping):
+        method.check_bits(spec, f"bits of {name}")
+        return LayerQuantization(method, spec, weight_options, input_options)
+    unknown = sorted(set(spec) - set(LAYER_SPEC_KEYS))
+    if unknown:
+        raise LowbitError(
+            f"the override for {name} has unknown keys {', '.join(unknown)}; "
+            f"use {', '.join(LAYER_SPEC_KEYS)}"
+        )
+    own = get_method(spec.get("method", method.name))
+    chosen_bits = spec.get("bits", bits)
+    if chosen_bits is None:
+        raise LowbitError(f"the override for {name} needs bits (the run's bits are None)")
+    own.check_bits(chosen_bits, f"bits of {name}")
+    same = own.name == method.name
+    return LayerQuantization(
+        own,
+        chosen_bits,
+        spec.get("weight_options", weight_options if same else {}),
+        spec.get("input_options", input_options if same else {}),
+    )
+
+
 def quantize(
     model: nn.Module,
     method: str = "apot",
-    bits: int = 4,
+    bits: LayerBits = 4,
     first_last_bits: LayerBits = 8,
-    overrides: Mapping[str, LayerBits] | None = None,
+    overrides: Mapping[str, LayerSpec] | None = None,
     weight_options: Mapping[str, Any] | None = None,
     input_options: Mapping[str, Any] | None = None,
 ) -> nn.Module:
@@ -69,13 +122,16 @@ def quantize(
 
     Every ``nn.Conv2d`` / ``nn.Linear`` becomes a ``QConv2d`` / ``QLinear`` sharing its
     parameters. The first and last of them (in registration order) get ``first_last_bits``
-    (APoT and UniQ use 8; ``None`` keeps them float). ``overrides`` maps module-name patterns
-    to bits or ``None``. The first layer's input is the data, which may be signed, so it is
-    not quantized. ``weight_options`` / ``input_options`` go to the method's quantizers
+    (APoT and UniQ use 8; ``None`` keeps them float); ``bits=None`` keeps the others float.
+    ``overrides`` maps module-name patterns to bits, ``None``, or a mapping that may name
+    another method and its options, e.g. ``{"fc": {"method": "maxscale", "bits": 8}}``
+    (see ``resolve_layer``). The first layer's input is the data, which may be signed, so it
+    is not quantized. ``weight_options`` / ``input_options`` go to the method's quantizers
     (e.g. ``{"alpha": 6.0}``).
     """
     spec = get_method(method)
-    spec.check_bits(bits)
+    if bits is not None:
+        spec.check_bits(bits)
     if first_last_bits is not None:
         if isinstance(first_last_bits, int) and first_last_bits < 2:
             raise LowbitError(
@@ -88,35 +144,25 @@ def quantize(
             f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer for lowbit to quantize"
         )
     names = [name for name, _ in layers]
-    plan = layer_bits(names, bits, first_last_bits, overrides)
-    for name, value in plan.items():
-        if value is not None:
-            spec.check_bits(value, f"bits of {name}")
+    plan = {
+        name: resolve_layer(name, value, spec, bits, weight_options or {}, input_options or {})
+        for name, value in layer_bits(names, bits, first_last_bits, overrides).items()
+    }
     for index, (name, layer) in enumerate(layers):
         if plan[name] is None:
             continue
-        quantized = _quantized_layer(
-            spec,
-            layer,
-            plan[name],
-            quantize_input=index > 0,
-            weight_options=weight_options or {},
-            input_options=input_options or {},
-        )
-        _set_submodule(model, name, quantized)
+        _set_submodule(model, name, _quantized_layer(layer, plan[name], index > 0))
     return model
 
 
 def _quantized_layer(
-    spec: Method,
-    layer: nn.Module,
-    bits: int,
-    quantize_input: bool,
-    weight_options: Mapping[str, Any],
-    input_options: Mapping[str, Any],
+    layer: nn.Module, plan: LayerQuantization, quantize_input: bool
 ) -> nn.Module:
-    weight_quantizer = spec.weight_quantizer(bits, **weight_options)
-    input_quantizer = spec.input_quantizer(bits, **input_options) if quantize_input else None
+    weight_quantizer = plan.method.weight_quantizer(plan.bits, **plan.weight_options)
+    input_factory = plan.method.input_quantizer if quantize_input else None
+    input_quantizer = None if input_factory is None else input_factory(
+        plan.bits, **plan.input_options
+    )
     return QUANTIZED_LAYERS[type(layer)].from_float(layer, weight_quantizer, input_quantizer)
 
 

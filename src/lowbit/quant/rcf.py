@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
+from lowbit.errors import LowbitError
 from lowbit.quant.levels import levels as make_levels
 from lowbit.quant.project import (
     grid_cells,
@@ -19,15 +22,18 @@ class _RCF(torch.autograd.Function):
     """``alpha * Pi(clip(x / alpha))`` with the gradients of APoT Eq. 8.
 
     Forward projects ``x`` straight onto ``alpha * levels`` (the grid or the boundaries are
-    scaled instead of the tensor). Backward: straight-through for ``x`` inside the clipping
-    range, zero outside; for alpha, ``Pi(x/alpha) - x/alpha`` inside and ``sign(x)`` outside
-    (Eq. 8). Outside the range ``Pi(x/alpha) = sign(x)``, so the alpha gradient is
-    ``(sum(g * out) - sum(g_x * x)) / alpha``: two dot products, no extra tensor.
+    scaled instead of the tensor), or with ``divide_first`` as ``project_divided``. Backward:
+    straight-through for ``x`` inside the clipping range, zero outside; for alpha,
+    ``Pi(x/alpha) - x/alpha`` inside and ``sign(x)`` outside (Eq. 8). Outside the range
+    ``Pi(x/alpha) = sign(x)``, so the alpha gradient is ``(sum(g * out) - sum(g_x * x)) / alpha``:
+    two dot products, no extra tensor.
     """
 
     @staticmethod
-    def forward(ctx, x, alpha, levels, boundaries, table, signed):
-        if table is not None:
+    def forward(ctx, x, alpha, levels, boundaries, table, signed, divide_first):
+        if divide_first:
+            out = project_divided(x, alpha, levels, signed)
+        elif table is not None:
             out = project_on_grid(x, table * alpha, -1.0 if signed else 0.0, 1.0, alpha)
         else:
             out = project_by_search(x, levels * alpha, boundaries * alpha)
@@ -45,7 +51,33 @@ class _RCF(torch.autograd.Function):
             flat_g, flat_gx = grad_out.reshape(-1), grad_x.reshape(-1)
             grad_alpha = (flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))) / alpha
             grad_alpha = grad_alpha.reshape(alpha.shape)
-        return grad_x, grad_alpha, None, None, None, None
+        return grad_x, grad_alpha, None, None, None, None, None
+
+
+def nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """The nearest of the sorted ``levels`` to each element of ``u``, decided as an argmin of
+    ``|u - level|`` decides it: by the two distances rounded to ``u``'s dtype, which can differ
+    from a comparison with the rounded midpoint when a level (1/6, 1/48) is not a float. A tie
+    goes to the lower level."""
+    below = (torch.bucketize(u, levels, right=True) - 1).clamp_(0, levels.numel() - 2)
+    lower, upper = levels[below], levels[below + 1]
+    return torch.where(upper - u < u - lower, upper, lower)
+
+
+def project_divided(
+    x: torch.Tensor, alpha: torch.Tensor, levels: torch.Tensor, signed: bool
+) -> torch.Tensor:
+    """``alpha * Pi(clip(x / alpha))`` in Eq. 7's written order: divide by alpha, take the
+    nearest unit level (signed data by magnitude, sign kept), multiply by alpha.
+
+    It rounds as the APoT authors' code does, so their checkpoints' forward pass is reproduced
+    bitwise; a value exactly half-way between two levels goes to the one nearer zero (their
+    2-bit weights' round-half-to-even). Values beyond the range go to the end levels.
+    """
+    u = x / alpha
+    if signed:
+        return nearest_level(u.abs(), levels[levels >= 0]) * u.sign() * alpha
+    return nearest_level(u, levels) * alpha
 
 
 def rcf_quantize(
@@ -54,44 +86,76 @@ def rcf_quantize(
     levels: torch.Tensor,
     signed: bool = True,
     table: torch.Tensor | None = None,
+    divide_first: bool = False,
 ) -> torch.Tensor:
     """APoT Eq. 7: ``alpha * Pi_Q(1,b)(clip(x / alpha, 1))`` with the Eq. 8 gradient.
 
     ``levels`` is a sorted set normalized to a maximum of 1 (``lowbit.levels``), ``alpha`` a
     scalar tensor, ``table`` the optional ``grid_table`` of the levels (faster projection).
     Signed data are clipped to [-alpha, alpha]; unsigned data (activations) only from above:
-    values below zero project to the zero level.
+    values below zero project to the zero level. ``divide_first`` computes it as
+    ``project_divided`` (the authors' rounding) instead of on scaled levels (fewer passes).
     """
     dtype = x.dtype
     table = None if table is None else table.to(dtype)
     levels = levels.to(dtype)
-    return _RCF.apply(x, alpha.to(dtype), levels, midpoints(levels), table, signed)
+    return _RCF.apply(
+        x, alpha.to(dtype), levels, midpoints(levels), table, signed, divide_first
+    )
 
 
-def normalize_weight(w: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+def normalize_weight(
+    w: torch.Tensor, eps: float = 1e-5, correction: int = 0, detach_stats: bool = False
+) -> torch.Tensor:
     """APoT Eq. 9: ``(W - mean) / (std + eps)`` over the whole layer, population std.
 
-    Differentiable: gradients flow through the mean and the std (Algorithm 1, step 8).
+    By default gradients flow through the mean and the std (Algorithm 1, step 8).
+    ``detach_stats`` treats both as constants and ``correction`` is the std's Bessel
+    correction; see ``WEIGHT_NORMALIZATIONS``.
     """
-    mean = w.mean()
-    std = w.std(correction=0)
+    stats = w.detach() if detach_stats else w
+    mean = stats.mean()
+    std = stats.std(correction=correction)
     return (w - mean) / (std + eps)
+
+
+# Eq. 9 as the paper states it, and as the APoT authors' code computes it (mean and std read
+# from the weight's data, unbiased std, no epsilon), which their checkpoints were trained with.
+WEIGHT_NORMALIZATIONS: dict[str, dict[str, Any]] = {
+    "eq9": {},
+    "detached": {"eps": 0.0, "correction": 1, "detach_stats": True},
+}
 
 
 class RCFQuantizer(nn.Module):
     """A learnable clipping threshold alpha on a fixed level set (APoT §2.3-2.4).
 
     With ``level_set="apot"`` this is APoT; ``"pot"`` and ``"uniform"`` give the ablation rows
-    of APoT Table 3 with the same RCF and weight normalization. The level set is a
-    non-persistent buffer, so a state dict holds only alpha and loads across bit-widths
+    of APoT Table 3 with the same RCF and weight normalization. ``normalization`` picks the
+    Eq. 9 variant (a key of ``WEIGHT_NORMALIZATIONS``) when ``normalize`` is set;
+    ``divide_first`` rounds as the authors' code (``project_divided``). The level set
+    is a non-persistent buffer, so a state dict holds only alpha and loads across bit-widths
     (progressive initialization).
     """
 
     def __init__(
-        self, level_set: str, bits: int, signed: bool, alpha: float, normalize: bool = False
+        self,
+        level_set: str,
+        bits: int,
+        signed: bool,
+        alpha: float,
+        normalize: bool = False,
+        normalization: str = "eq9",
+        divide_first: bool = False,
     ) -> None:
         super().__init__()
+        if normalization not in WEIGHT_NORMALIZATIONS:
+            raise LowbitError(
+                f"unknown weight normalization {normalization!r}; use one of: "
+                f"{', '.join(WEIGHT_NORMALIZATIONS)}"
+            )
         self.level_set, self.bits, self.signed, self.normalize = level_set, bits, signed, normalize
+        self.normalization, self.divide_first = normalization, divide_first
         grid = make_levels(level_set, bits, signed)
         cells = grid_cells(grid)
         self.register_buffer("levels", grid.float(), persistent=False)
@@ -101,10 +165,13 @@ class RCFQuantizer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
-            x = normalize_weight(x)
-        return rcf_quantize(x, self.alpha, self.levels, self.signed, self.table)
+            x = normalize_weight(x, **WEIGHT_NORMALIZATIONS[self.normalization])
+        return rcf_quantize(
+            x, self.alpha, self.levels, self.signed, self.table, self.divide_first
+        )
 
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else "unsigned"
-        norm = ", weight_norm" if self.normalize else ""
-        return f"{self.level_set}, bits={self.bits}, {kind}{norm}"
+        norm = f", weight_norm={self.normalization}" if self.normalize else ""
+        order = ", divide_first" if self.divide_first else ""
+        return f"{self.level_set}, bits={self.bits}, {kind}{norm}{order}"

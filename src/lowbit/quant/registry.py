@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.quant.maxscale import MaxScaleQuantizer
 from lowbit.quant.rcf import RCFQuantizer
 from lowbit.quant.relaxed import RQQuantizer, SRQQuantizer
 from lowbit.quant.uniform import (
@@ -26,11 +27,12 @@ QuantizerFactory = Callable[..., nn.Module]
 
 @dataclass(frozen=True)
 class Method:
-    """How a method quantizes a layer: factories called as ``factory(bits, **options)``."""
+    """How a method quantizes a layer: factories called as ``factory(bits, **options)``;
+    ``input_quantizer=None`` leaves layer inputs float (a weight-only method)."""
 
     name: str
     weight_quantizer: QuantizerFactory
-    input_quantizer: QuantizerFactory
+    input_quantizer: QuantizerFactory | None
     min_bits: int
     max_bits: int
     summary: str
@@ -97,3 +99,6 @@ register_method(Method("srq", SRQQuantizer, partial(SRQQuantizer, signed=False),
 register_method(Method("srq-dropbits", partial(SRQQuantizer, masks="bitwise"),
                        partial(SRQQuantizer, signed=False), 2, 8,
                        "SRQ + DropBits masks on weights; l0_lambda>0 learns bit-widths"))
+register_method(Method("maxscale", MaxScaleQuantizer, None, 2, 16,
+                       "weights rounded to steps of max(W)/(2^(b-1)-1), inputs float (APoT "
+                       "authors' first/last layers)"))

@@ -21,12 +21,13 @@ from torch import nn
 from tqdm import tqdm
 
 import lowbit
-from lowbit.data import DataBundle, available_datasets, build_data
+from lowbit.data import DataBundle, available_datasets
 from lowbit.errors import LowbitError
-from lowbit.models import available_models, build_model
+from lowbit.models import available_models
 from lowbit.nn.calibrate import calibrate
 from lowbit.quant.registry import get_method
 from lowbit.train import distributed
+from lowbit.train.build import data_from_config, model_from_config
 from lowbit.train.checkpoint import load_checkpoint, load_matching, save_checkpoint
 from lowbit.train.distributed import ProcessGroup
 from lowbit.train.loop import evaluate, train_one_epoch
@@ -162,18 +163,7 @@ def _train(config: dict[str, Any], run_dir: Path | None, group: ProcessGroup) ->
         state = RunState(**checkpoint["run_state"])
     if not group.is_main:
         run_dir = None
-    data = build_data(
-        config["data"]["name"],
-        data_dir=config["data"]["dir"],
-        batch_size=config["data"]["batch_size"],
-        eval_batch_size=config["data"]["eval_batch_size"],
-        device=device,
-        seed=config["seed"],
-        rank=group.rank,
-        world_size=group.world_size,
-        limit=config["data"]["limit"],
-        workers=config["data"]["workers"],
-    )
+    data = data_from_config(config, device, group.rank, group.world_size)
     run = Run(config, run_dir, group, data, state)
     model = None
     for stage, epochs, lr in _stage_plan(config):
@@ -196,12 +186,7 @@ def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None)
         model = previous
     else:
         torch.manual_seed(config["seed"])
-        model = build_model(
-            config["model"]["name"],
-            num_classes=data.num_classes,
-            in_channels=data.in_channels,
-            **config["model"]["options"],
-        ).to(run.group.device)
+        model = model_from_config(config, data.num_classes, data.in_channels).to(run.group.device)
     if stage == "float":
         if resuming:
             model.load_state_dict(checkpoint["model"])
@@ -273,6 +258,7 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "config": config,
+            "stage": stage,  # float.pt holds a float model although config names a method
             "lowbit_version": lowbit.__version__,
         }
         if test_metrics["top1"] > state.best_top1:

@@ -1,0 +1,109 @@
+"""``lowbit eval``: rebuild the model a checkpoint's config describes, load it, test it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lowbit.errors import LowbitError
+from lowbit.train.build import data_from_config, model_from_config
+from lowbit.train.checkpoint import load_checkpoint
+from lowbit.train.config import merge
+from lowbit.train.loop import evaluate
+from lowbit.train.run import pick_device, quantize_from_config
+
+SHOWN_NAMES = 3  # names listed per kind of mismatch; the error stays one line
+
+
+def _some(names: list[str]) -> str:
+    more = len(names) - SHOWN_NAMES
+    return ", ".join(names[:SHOWN_NAMES]) + (f" and {more} more" if more > 0 else "")
+
+
+def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
+    """``model.load_state_dict(state)`` (strict); a mismatch is one ``LowbitError`` naming the
+    missing, unexpected and reshaped tensors instead of PyTorch's multi-line report."""
+    own = model.state_dict()
+    missing = [name for name in own if name not in state]
+    unexpected = [name for name in state if name not in own]
+    reshaped = [
+        f"{name} {tuple(state[name].shape)} vs {tuple(own[name].shape)}"
+        for name in own
+        if name in state and state[name].shape != own[name].shape
+    ]
+    problems = [
+        f"{kind} {_some(names)}"
+        for kind, names in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("checkpoint vs model shapes", reshaped),
+        )
+        if names
+    ]
+    if problems:
+        raise LowbitError(
+            f"{source} does not fit the model its config describes ({'; '.join(problems)}); "
+            "it was made by another model or method"
+        )
+    model.load_state_dict(state)
+
+
+def checkpoint_config(checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
+    """The resolved run config stored in a lowbit checkpoint."""
+    config = checkpoint.get("config")
+    if not isinstance(config, dict):
+        raise LowbitError(
+            f"{source} has no config to rebuild its model from; use a checkpoint written by "
+            "lowbit train or lowbit import"
+        )
+    return config
+
+
+def rebuild_model(
+    checkpoint: dict[str, Any], num_classes: int, in_channels: int, source: str
+) -> nn.Module:
+    """The model ``checkpoint["config"]`` describes, quantized unless the checkpoint holds a
+    float stage (``float.pt``), with the checkpoint's tensors loaded."""
+    config = checkpoint_config(checkpoint, source)
+    model = model_from_config(config, num_classes, in_channels)
+    if checkpoint.get("stage", "quant") == "quant":
+        quantize_from_config(model, config)
+    load_exactly(model, checkpoint["model"], source)
+    return model
+
+
+def evaluate_checkpoint(
+    path: str | Path,
+    data: str | None = None,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Top-1 / top-5 (%), loss and n of the checkpoint at ``path`` on its data's test split.
+
+    ``data``, ``data_dir`` and ``batch_size`` replace the config's; the input normalization
+    stays the checkpoint's (``data.mean`` / ``data.std``): the model was trained with it.
+    """
+    source = str(path)
+    checkpoint = load_checkpoint(path)
+    given = (("name", data), ("dir", data_dir), ("eval_batch_size", batch_size))
+    update = {key: value for key, value in given if value is not None}
+    config = merge(checkpoint_config(checkpoint, source), {"data": update})
+    target = pick_device(device)
+    bundle = data_from_config(config, target)
+    checkpoint = {**checkpoint, "config": config}
+    model = rebuild_model(checkpoint, bundle.num_classes, bundle.in_channels, source)
+    metrics = evaluate(model.to(target), bundle.test)
+    # A float stage, or a config whose bits are None (only overridden layers quantized).
+    quantized = checkpoint.get("stage", "quant") == "quant" and config["bits"] is not None
+    return {
+        **metrics,
+        "checkpoint": source,
+        "model": config["model"]["name"],
+        "method": config["method"] if quantized else "float",
+        "bits": config["bits"] if quantized else 32,
+        "data": config["data"]["name"],
+    }

@@ -1,0 +1,41 @@
+"""Weights divided by their largest value and rounded to a uniform grid (weights only).
+
+This is how the APoT authors' code quantizes the first and the last layer to 8 bits (APoT
+§4: "the first and the last layer ... 8-bit"): every weight is rounded to a multiple of
+``max(W) / 127`` with a straight-through gradient, and the layer's input stays float.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def max_scaled_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """``round(w / max(W) * n) / n * max(W)`` with ``n = 2**(bits - 1) - 1``, straight-through.
+
+    ``max(W)`` is the largest weight, not the largest magnitude, and nothing is clipped, so a
+    weight below ``-max(W)`` gets a code beyond ``-n``: the rule exactly as the APoT authors'
+    checkpoints were trained with it. The scale is a constant to the gradient; a layer with no
+    positive weight has no scale and passes through unchanged.
+    """
+    scale = w.detach().max()
+    steps = 2 ** (bits - 1) - 1
+    rounded = w.detach().div(scale).mul(steps).round().div(steps).mul(scale)
+    rounded = torch.where(scale > 0, rounded, w.detach())
+    # Same arithmetic as the authors' `(q - w).detach() + w`, so outputs match theirs bitwise.
+    return (rounded - w).detach() + w
+
+
+class MaxScaleQuantizer(nn.Module):
+    """``max_scaled_quantize`` at ``bits`` bits; no parameters."""
+
+    def __init__(self, bits: int) -> None:
+        super().__init__()
+        self.bits = bits
+
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return max_scaled_quantize(w, self.bits)
+
+    def extra_repr(self) -> str:
+        return f"bits={self.bits}"
