@@ -1,4 +1,5 @@
-"""The ``lowbit`` command line: ``lowbit train | eval | import | methods``.
+"""The ``lowbit`` command line: ``lowbit train | eval | import | methods | sweep | recipes |
+report | plot | export``.
 
 User mistakes (``LowbitError``) print one line and exit with status 2; an interrupted run
 says how to resume it.
@@ -123,6 +124,79 @@ def _recipes(args: argparse.Namespace) -> int:
     return 0
 
 
+def _layer_bits(text: str) -> int | None:
+    """``--first-last-bits``: a number, or float / none / 32 for float layers."""
+    if text.lower() in ("float", "none", "32"):
+        return None
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected bits or 'float', got {text!r}")
+    return int(text)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from lowbit.analysis.cost import model_cost
+    from lowbit.analysis.report import format_report, load_model, sample_input
+
+    # A zoo model is only counted, so it is built on the meta device (no memory, no init).
+    model, info = load_model(args.model, args.method, args.bits, args.first_last_bits, "meta")
+    cost = model_cost(model, sample_input(model, info, args.image_size))
+    if args.json:
+        keys = ("name", "method", "bits")
+        print(json.dumps({**{key: info[key] for key in keys}, **cost.to_dict()}))
+    else:
+        print(format_report(cost, info))
+    return 0
+
+
+def _plot(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lowbit.analysis import plots
+    from lowbit.analysis.report import load_model, sample_input
+    from lowbit.nn.calibrate import calibrate
+
+    out = Path(args.out)
+    if Path(args.source).is_dir():
+        written = [plots.plot_sweep(plots.sweep_points(args.source), out / "accuracy.png")]
+    else:
+        model, info = load_model(args.source, args.method, args.bits, args.first_last_bits)
+        sample = sample_input(model, info, args.image_size, batch=8).normal_()
+        calibrate(model, [sample], 1)  # sets the step sizes a fresh zoo model lacks
+        weights, activations = plots.histogram_panels(model, sample, args.layers)
+        written = [plots.plot_histograms(weights, out / "weights.png", "weight"),
+                   plots.plot_clipping(plots.clipping_curves(model, args.layers),
+                                       out / "clipping.png")]
+        if activations:
+            written.append(
+                plots.plot_histograms(activations, out / "activations.png", "activation")
+            )
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from lowbit.analysis.cost import model_cost
+    from lowbit.analysis.report import load_model, sample_input, significant
+    from lowbit.export.writer import export_model
+
+    model, info = load_model(args.checkpoint)
+    keys = ("name", "options", "num_classes", "in_channels")
+    out = export_model(model, args.out, {key: info[key] for key in keys})
+    size = sum(os.path.getsize(path) for path in Path(out).iterdir())
+    expected = model_cost(model, sample_input(model, info, args.image_size)).size_mb
+    print(f"wrote {out}: {significant(size / 2**20)} MB on disk "
+          f"(lowbit report: {significant(expected)} MB)")
+    if args.onnx:
+        from lowbit.export.onnx import export_onnx
+
+        print(f"wrote {export_onnx(model, args.onnx, sample_input(model, info, args.image_size))}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowbit", description="Low-bit quantization-aware training."
@@ -184,6 +258,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     recipes = commands.add_parser("recipes", help="list the packaged recipes and sweeps")
     recipes.set_defaults(handler=_recipes)
+
+    report = commands.add_parser(
+        "report", help="size, MACs, FixOPs and BitOPs per layer (APoT Table 1 conventions)"
+    )
+    report.add_argument("model", help="zoo model name or lowbit checkpoint")
+    report.add_argument("--method", help="quantize a zoo model with this method")
+    report.add_argument("--bits", type=int, help="bits of the method (with --method)")
+    report.add_argument("--first-last-bits", type=_layer_bits, default=8,
+                        help="bits of the first and last layers, or 'float' (default 8)")
+    report.add_argument("--image-size", type=int, help="input side (default: the model's data)")
+    report.add_argument("--json", action="store_true", help="print one JSON object")
+    report.set_defaults(handler=_report)
+
+    plot = commands.add_parser(
+        "plot", help="PNGs: histograms with levels, clipping ratio, or accuracy vs bits"
+    )
+    plot.add_argument("source", help="zoo model name, lowbit checkpoint, or sweep directory")
+    plot.add_argument("-o", "--out", required=True, help="directory for the PNG files")
+    plot.add_argument("--method", help="quantize a zoo model with this method")
+    plot.add_argument("--bits", type=int, help="bits of the method (with --method)")
+    plot.add_argument("--first-last-bits", type=_layer_bits, default=8,
+                      help="bits of the first and last layers, or 'float' (default 8)")
+    plot.add_argument("--layers", type=int, default=6, help="layers to show (default 6)")
+    plot.add_argument("--image-size", type=int, help="input side (default: the model's data)")
+    plot.set_defaults(handler=_plot)
+
+    export = commands.add_parser(
+        "export", help="integer codes + scales (safetensors) and a manifest; optional ONNX"
+    )
+    export.add_argument("checkpoint", help="a quantized lowbit checkpoint")
+    export.add_argument("-o", "--out", required=True, help="export directory (new or empty)")
+    export.add_argument("--onnx", metavar="FILE", help="also write an ONNX QDQ graph (uniform)")
+    export.add_argument("--image-size", type=int, help="input side (default: the model's data)")
+    export.set_defaults(handler=_export)
     return parser
 
 
