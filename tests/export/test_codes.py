@@ -35,7 +35,7 @@ def test_encode_decode_per_channel():
     values = decode(codes, grid, scale)
     assert torch.equal(values[1], grid.float()[codes[1]] * 2.0)
     assert torch.equal(encode(values, grid, scale), codes)
-    with pytest.raises(LowbitError, match="not on the quantizer's grid"):
+    with pytest.raises(LowbitError, match="off the quantizer.s grid"):
         encode(values + 0.01, grid, scale)
 
 

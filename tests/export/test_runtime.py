@@ -136,6 +136,10 @@ def test_cli_export_from_a_checkpoint(tmp_path, capsys, trained_like):
     save_checkpoint(tmp_path / "best.pt", {"model": model.state_dict(), "config": config})
     assert main(["export", str(tmp_path / "best.pt"), "-o", str(tmp_path / "out")]) == 0
     assert "MB on disk" in capsys.readouterr().out
+    assert main(["report", str(tmp_path / "best.pt"), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["name"], report["method"], report["bits"]) == ("resnet20", "apot", 3)
+    assert files_size(tmp_path / "out") == pytest.approx(report["size_bytes"], rel=0.05)
     with torch.no_grad():
         assert torch.equal(load_runtime(tmp_path / "out")(batch), model(batch))
     assert main(["export", str(tmp_path / "best.pt"), "-o", str(tmp_path / "best.pt")]) == 2

@@ -14,6 +14,7 @@ from lowbit.quant.project import midpoints
 # Decoded values may differ from the model's by float rounding only (e.g. maxscale's
 # straight-through ``(q - w) + w``); anything larger means the codes are wrong.
 DECODE_TOLERANCE = 1e-6
+CHUNK = 2**20  # codes packed at a time: bounds the (CHUNK, bits) bit matrix
 
 
 def broadcast_scale(scale: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -26,26 +27,24 @@ def encode(values: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor) -> t
     """Indices into ``levels`` (sorted, unscaled) of quantized ``values = scale * level``.
 
     ``scale`` is ``()`` or ``(C,)`` over dim 0 of ``values``. Raises if some value is not on
-    the scaled grid, which would mean the quantizer's output and its description disagree.
+    the scaled grid: the quantizer does not compute what its grid description says.
     """
-    scale = broadcast_scale(scale.to(values.dtype), values.dim())
-    unscaled = values / scale
-    grid = levels.to(values.dtype)
-    codes = torch.bucketize(unscaled, midpoints(grid))
-    decoded = decode(codes, levels, scale)
-    error = (decoded - values).abs().max() if values.numel() else torch.tensor(0.0)
-    if error > DECODE_TOLERANCE * max(float(values.abs().max()) if values.numel() else 0, 1e-12):
-        raise LowbitError(
-            "quantized values are not on the quantizer's grid (max error "
-            f"{float(error):.3g}); the quantizer changed after its grid was read"
-        )
+    unscaled = values / broadcast_scale(scale.to(values), values.dim())
+    codes = torch.bucketize(unscaled, midpoints(levels.to(values)))
+    if values.numel():
+        error = float((decode(codes, levels, scale) - values).abs().max())
+        if error > DECODE_TOLERANCE * max(float(values.abs().max()), 1e-12):
+            raise LowbitError(
+                f"quantized values are off the quantizer's grid (by up to {error:.3g}); its "
+                "output is not scale * level and cannot be exported as codes"
+            )
     return codes
 
 
 def decode(codes: torch.Tensor, levels: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """``scale * levels[codes]`` in float32, the arithmetic of the fake-quant forward."""
-    values = levels.float()[codes]
-    return values * broadcast_scale(scale.float(), codes.dim())
+    values = levels.to(device=codes.device, dtype=torch.float32)[codes]
+    return values * broadcast_scale(scale.to(values), codes.dim())
 
 
 def pack(codes: torch.Tensor, bits: int) -> torch.Tensor:
@@ -70,8 +69,6 @@ def unpack(packed: torch.Tensor, bits: int, count: int) -> torch.Tensor:
     ]
     return torch.cat(chunks) if chunks else torch.empty(0, dtype=torch.int64)
 
-
-CHUNK = 2**20
 
 
 def _pack_chunk(codes: torch.Tensor, bits: int) -> torch.Tensor:

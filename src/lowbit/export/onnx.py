@@ -28,7 +28,7 @@ from lowbit.errors import LowbitError
 from lowbit.export.codes import broadcast_scale
 from lowbit.export.grids import GridSpec, quantizer_grid
 from lowbit.export.runtime import replace_module
-from lowbit.export.writer import quantized_layers
+from lowbit.export.writer import current_umask, quantized_layers
 
 OPSET = 13  # per-channel QuantizeLinear (axis) needs 13
 RANGES = ((0, 255), (-128, 127))  # the integer ranges ONNX's 8-bit QuantizeLinear offers
@@ -138,6 +138,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Pat
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     os.close(handle)
+    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 is for the temporary only
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice

@@ -24,7 +24,7 @@ from lowbit.errors import LowbitError
 from lowbit.export.codes import decode, unpack
 from lowbit.export.grids import GridSpec, grid_levels
 from lowbit.export.safetensors import read_safetensors
-from lowbit.export.writer import FORMAT, MANIFEST, TENSORS, VERSION, signature
+from lowbit.export.writer import FORMAT, MANIFEST, TENSORS, VERSION, signature, weight_key
 from lowbit.models import build_model
 from lowbit.quant.project import (
     grid_cells,
@@ -109,7 +109,7 @@ def load_runtime(export_dir: str | Path, model: nn.Module | None = None) -> nn.M
     if model is None:
         model = _zoo_model(manifest)
     layers = manifest["layers"]
-    weights = {_weight_key(entry["name"]) for entry in layers if entry["weight"] is not None}
+    weights = {weight_key(entry["name"]) for entry in layers if entry["weight"] is not None}
     _load_floats(model, weights, tensors["floats"], manifest["floats"])
     codes, scales = tensors["codes"], tensors["scales"]
     code_at = scale_at = 0
@@ -159,10 +159,6 @@ def _zoo_model(manifest: dict[str, Any]) -> nn.Module:
         in_channels=info["in_channels"],
         **info.get("options", {}),
     )
-
-
-def _weight_key(name: str) -> str:
-    return f"{name}.weight" if name else "weight"
 
 
 def _load_floats(

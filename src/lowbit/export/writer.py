@@ -62,6 +62,11 @@ def quantized_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return layers
 
 
+def weight_key(layer_name: str) -> str:
+    """The state-dict key of a layer's weight."""
+    return f"{layer_name}.weight" if layer_name else "weight"
+
+
 def float_tensors(
     model: nn.Module, layer_weights: set[str]
 ) -> list[tuple[str, torch.Tensor]]:
@@ -162,8 +167,7 @@ def export_model(
                 codes.append(packed)
     finally:
         model.train(was_training)
-    weights = {f"{name}.weight" if name else "weight" for name, layer in layers
-               if layer.weight_quantizer is not None}
+    weights = {weight_key(name) for name, layer in layers if layer.weight_quantizer is not None}
     floats = float_tensors(model, weights)
     tensors = {
         "codes": torch.cat(codes),
@@ -199,6 +203,13 @@ def _check_target(out_dir: Path) -> None:
             )
 
 
+def current_umask() -> int:
+    """The process's file-creation mask (reading it means setting it, so it is set back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def _atomic_directory(target: Path) -> Iterator[Path]:
     """A staging directory next to ``target``, renamed onto it when the block succeeds and
@@ -206,6 +217,7 @@ def _atomic_directory(target: Path) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        os.chmod(staging, 0o777 & ~current_umask())  # mkdtemp's 0700 is for staging only
         yield staging
         for path in staging.iterdir():
             with open(path, "rb") as f:
