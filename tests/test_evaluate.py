@@ -99,8 +99,10 @@ def test_cli_eval_text_and_errors(tmp_path, capsys):
     make_checkpoint(tmp_path / "c.pt", bits=4)
     assert main(["eval", str(tmp_path / "c.pt"), "--device", "cpu"]) == 0
     assert "small_cnn apot 4-bit on digits (359 test images): top-1" in capsys.readouterr().out
+    (tmp_path / "text.pt").write_text("not a checkpoint")
     for args, message in (
         ([str(tmp_path / "missing.pt")], "does not exist"),
+        ([str(tmp_path / "text.pt")], "not a readable lowbit checkpoint"),
         ([str(tmp_path / "c.pt"), "--data", "nope"], "unknown data set 'nope'"),
     ):
         assert main(["eval", *args, "--device", "cpu"]) == 2

@@ -94,6 +94,33 @@ def test_detached_weight_normalization_is_the_apot_authors_eq9():
         RCFQuantizer("apot", 4, signed=True, alpha=3.0, normalization="nope")
 
 
+def _argmin_level(u, levels):
+    """Brute force: the level with the smallest float |u - level|, the lower one on a tie."""
+    return levels[(u[:, None] - levels[None, :]).abs().argmin(dim=1)]
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 5])
+def test_divide_first_decides_by_float_distance_like_an_argmin(bits):
+    """Eq. 7 computed as written (x / alpha, nearest unit level, times alpha), within a few
+    ulps of every midpoint, where a rounded midpoint (1/8 and 1/6 -> 0.14583334) misleads."""
+    levels = lowbit.levels("apot", bits, signed=False).float()
+    mids = (levels[1:] + levels[:-1]) / 2
+    steps = torch.arange(-4, 5, dtype=torch.float32)
+    u = (mids[:, None] + steps[None, :] * mids[:, None].abs() * 2**-24).flatten()
+    u = torch.cat([u, torch.rand(1000) * 1.5])
+    alpha = torch.tensor(1.0)
+    ours = RCFQuantizer("apot", bits, signed=False, alpha=1.0, divide_first=True)(u)
+    torch.testing.assert_close(ours, _argmin_level(u, levels) * alpha, rtol=0, atol=0)
+
+
+def test_divide_first_ties_go_toward_zero_and_signed_data_keep_their_sign():
+    """Ternary 2-bit weights at +-alpha/2 round to 0 (half-to-even), unlike the default rule."""
+    x = torch.tensor([0.75, -0.75, 0.76, -0.76, 2.0, -2.0])
+    ours = RCFQuantizer("apot", 2, signed=True, alpha=1.5, divide_first=True)(x)
+    assert ours.tolist() == [0.0, 0.0, 1.5, -1.5, 1.5, -1.5]
+    assert RCFQuantizer("apot", 2, signed=True, alpha=1.5)(x)[0] == 1.5
+
+
 def test_weight_quantizer_normalizes_then_quantizes():
     quantizer = get_method("apot").weight_quantizer(4)
     w = torch.randn(8, 4, 3, 3) * 0.1

@@ -60,8 +60,11 @@ def read_authors_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], 
         raise LowbitError(f"checkpoint {str(path)!r} does not exist")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or broken files
-        raise LowbitError(f"{str(path)!r} is not a readable PyTorch checkpoint ({error})") from None
+    except Exception as error:  # torch raises several types, with multi-line messages
+        raise LowbitError(
+            f"{str(path)!r} is not a readable PyTorch checkpoint ({type(error).__name__}); "
+            "pass the authors' .pth.tar file"
+        ) from None
     if isinstance(raw, dict) and "config" in raw and "model" in raw:
         raise LowbitError(f"{str(path)!r} is already a lowbit checkpoint; use it directly")
     state = raw.get("state_dict") if isinstance(raw, dict) else None

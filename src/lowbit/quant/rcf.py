@@ -59,8 +59,10 @@ def nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     ``|u - level|`` decides it: by the two distances rounded to ``u``'s dtype, which can differ
     from a comparison with the rounded midpoint when a level (1/6, 1/48) is not a float. A tie
     goes to the lower level."""
-    below = (torch.bucketize(u, levels, right=True) - 1).clamp_(0, levels.numel() - 2)
-    lower, upper = levels[below], levels[below + 1]
+    below = torch.bucketize(u, levels, out_int32=True, right=True).sub_(1)
+    below = below.clamp_(0, levels.numel() - 2).reshape(-1)
+    lower = levels.index_select(0, below).view_as(u)
+    upper = levels.index_select(0, below + 1).view_as(u)
     return torch.where(upper - u < u - lower, upper, lower)
 
 

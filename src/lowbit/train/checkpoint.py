@@ -41,8 +41,10 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise LowbitError(f"checkpoint {str(path)!r} does not exist")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # torch raises several types for foreign or broken files
-        raise LowbitError(f"{str(path)!r} is not a readable lowbit checkpoint ({error})") from None
+    except Exception as error:  # torch raises several types, with multi-line messages
+        raise LowbitError(
+            f"{str(path)!r} is not a readable lowbit checkpoint ({type(error).__name__})"
+        ) from None
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise LowbitError(f"{str(path)!r} is not a lowbit checkpoint (no 'model' entry)")
     return checkpoint
