@@ -56,8 +56,12 @@ def test_onnxruntime_agrees_on_top1_for_uniform_4bit_resnet20(tmp_path, trained_
     model, _ = trained_like("lsq", 4)
     batch = torch.randn(32, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     path = export_onnx(model, tmp_path / "resnet20.onnx", batch[:1])
-    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
-    assert {"QuantizeLinear", "DequantizeLinear", "Clip"} <= ops
+    graph = onnx.load(str(path)).graph
+    ops = [node.op_type for node in graph.node]
+    assert ops.count("QuantizeLinear") == 21  # every input but the image's, quantized at run time
+    assert ops.count("DequantizeLinear") == 21 + 22  # ... and the 22 layers' int8 weights
+    int8 = [t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert sum(int(torch.tensor(t.dims).prod()) for t in int8) >= 270_000  # one byte a weight
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (logits,) = session.run(None, {"input": batch.numpy()})
     with torch.no_grad():

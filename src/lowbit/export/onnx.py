@@ -1,11 +1,11 @@
 """ONNX export of uniformly quantized models as QuantizeLinear / DequantizeLinear graphs.
 
-Every quantized layer's weight becomes an 8-bit QuantizeLinear -> DequantizeLinear pair on its
-on-grid values (per output channel when the scale is), and a quantized input becomes Clip ->
-QuantizeLinear -> DequantizeLinear: clipping to the grid's end levels first makes the 8-bit
-ONNX range reproduce any grid of up to 8 bits. UniQ's half-integer codes are shifted by half
-a step around the pair. Only uniform grids map to QuantizeLinear; APoT / PoT levels do not
-(use ``lowbit export``).
+Every quantized layer's weight is stored as 8-bit integer codes feeding DequantizeLinear (per
+output channel when the scale is), and a quantized input becomes Clip -> QuantizeLinear ->
+DequantizeLinear: clipping to the grid's end levels first makes the 8-bit ONNX range
+reproduce any grid of up to 8 bits. UniQ's half-integer codes are shifted by half a step
+around the pair. Only uniform grids map to QuantizeLinear; APoT / PoT levels do not (use
+``lowbit export``).
 
 ONNX rounds half to even; lowbit's RCF quantizers round ties up, so values exactly half-way
 between two levels may differ. Needs the ``onnx`` package (``pip install 'lowbit[onnx]'``).
@@ -20,6 +20,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -128,7 +129,7 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Pat
     """Write ``model`` (quantized with uniform grids: uniform, lsq, uniq) as an ONNX QDQ
     graph traced on ``sample`` (batch size free), atomically; returns ``path``."""
     try:
-        import onnx  # noqa: F401  (torch.onnx.export needs it)
+        import onnx
     except ImportError:
         raise LowbitError("ONNX export needs onnx: pip install 'lowbit[onnx]'") from None
     path = Path(path)
@@ -152,8 +153,55 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Pat
                 output_names=["logits"],
                 dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
             )
+        model_proto = onnx.load(temporary)
+        fold_weight_quantization(model_proto.graph)
+        onnx.save(model_proto, temporary)
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def fold_weight_quantization(graph) -> None:
+    """Replace every QuantizeLinear of a constant (a weight) by its integer result, stored as
+    an int8 / uint8 initializer: weights then take one byte each and feed DequantizeLinear
+    directly, as in a deployed QDQ model. Rounding as QuantizeLinear: half to even."""
+    from onnx import numpy_helper
+
+    initializers = {tensor.name: tensor for tensor in graph.initializer}
+    producers = {output: node for node in graph.node for output in node.output}
+
+    def constant(name: str) -> np.ndarray | None:
+        """The value of ``name`` if it is an initializer or a Constant (through Identity)."""
+        if name in initializers:
+            return numpy_helper.to_array(initializers[name])
+        node = producers.get(name)
+        if node is not None and node.op_type == "Identity":
+            return constant(node.input[0])
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(node.attribute[0].t)
+        return None
+
+    for node in list(graph.node):
+        if node.op_type != "QuantizeLinear":
+            continue
+        weight, scale, zero_point = (constant(name) for name in node.input[:3])
+        if weight is None or scale is None or zero_point is None:
+            continue  # an activation: quantized at run time
+        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
+        if scale.ndim == 1:
+            shape = [1] * weight.ndim
+            shape[axis] = -1
+            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
+        info = np.iinfo(zero_point.dtype)
+        codes = np.clip(np.rint(weight / scale) + zero_point, info.min, info.max)
+        graph.initializer.append(
+            numpy_helper.from_array(codes.astype(zero_point.dtype), node.output[0])
+        )
+        graph.node.remove(node)
+    used = {name for node in graph.node for name in node.input}
+    used |= {value.name for value in list(graph.input) + list(graph.output)}
+    for tensor in list(graph.initializer):
+        if tensor.name not in used:  # the float weights just replaced
+            graph.initializer.remove(tensor)
