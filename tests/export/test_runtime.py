@@ -40,6 +40,25 @@ def test_runtime_reproduces_fake_quant_logits(method, tmp_path, trained_like):
                    for m in runtime.modules())
 
 
+def test_runtime_reproduces_the_apot_authors_layout(tmp_path):
+    """What ``lowbit import apot-official`` builds: maxscale 8-bit first / last layers (codes
+    beyond +-127 possible) and APoT with the authors' weight normalization."""
+    torch.manual_seed(0)
+    model = build_model("resnet20")
+    first_last = {"method": "maxscale", "bits": 8}
+    lowbit.quantize(model, "apot", 4, first_last_bits=None,
+                    overrides={"conv1": first_last, "fc": first_last},
+                    weight_options={"normalization": "detached"})
+    batch = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        model.train()(batch)
+        expected = model.eval()(batch)
+    export_model(model, tmp_path / "out", ZOO)
+    with torch.no_grad():
+        logits = load_runtime(tmp_path / "out")(batch)
+    assert (logits - expected).abs().max() <= 1e-4 * expected.abs().max()
+
+
 @pytest.mark.parametrize("method,bits", [("apot", 2), ("apot", 4), ("uniq", 3), ("lsq", 2)])
 def test_export_size_is_the_report_size(method, bits, tmp_path, trained_like):
     """The files on disk are within 5% of lowbit report's model size."""
