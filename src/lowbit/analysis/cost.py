@@ -29,6 +29,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from lowbit.errors import LowbitError
 from lowbit.nn.layers import QConv2d, QLinear
 
 FLOAT_BITS = 32
@@ -88,8 +89,15 @@ class ModelCost:
 
 
 def quantizer_bits(quantizer: nn.Module | None) -> int | None:
-    """Bit-width of a lowbit quantizer (``None`` for float)."""
-    return None if quantizer is None else int(quantizer.bits)
+    """Bit-width of a quantizer (``None`` for float), read from its ``bits`` attribute."""
+    if quantizer is None:
+        return None
+    if not isinstance(getattr(quantizer, "bits", None), int):
+        raise LowbitError(
+            f"{type(quantizer).__name__} has no integer 'bits' attribute to price it by; "
+            "give the quantizer one"
+        )
+    return quantizer.bits
 
 
 def weight_levels(quantizer: nn.Module | None) -> str:
