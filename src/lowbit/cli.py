@@ -41,9 +41,12 @@ def format_summary(summary: dict) -> str:
     if summary["float_top1"] is not None:
         rows.append(("float", summary["float_top1"], summary["seconds"].get("float")))
     if summary["method"] != "float":
+        bits = summary["bits"]
+        if isinstance(bits, list):  # adaptive: the mean over the bit-widths, then each
+            bits = "/".join(map(str, bits))
         rows.append(
             (
-                f"{summary['method']} {summary['bits']}-bit",
+                f"{summary['method']} {bits}-bit",
                 summary["top1"],
                 summary["seconds"].get("quant"),
             )
@@ -55,18 +58,39 @@ def format_summary(summary: dict) -> str:
     for name, top1, seconds in rows:
         time_text = f"{seconds:.1f}s" if seconds is not None else "-"
         lines.append(f"{name:<16}{top1:>7.2f}%{time_text:>9}")
+    for bits, top1 in summary.get("top1_by_bits", {}).items():  # one network, several bits
+        lines.append(f"{'  at ' + bits + '-bit':<16}{top1:>7.2f}%")
     lines.append(f"run directory: {summary['run_dir']}")
     return "\n".join(lines)
+
+
+def _bit_list(text: str) -> list[int]:
+    """``--bits 2,3,4``; a bad list is a one-line error."""
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise LowbitError(f"--bits takes whole numbers separated by commas, got {text!r}") from None
 
 
 def _eval(args: argparse.Namespace) -> int:
     from lowbit.evaluate import evaluate_checkpoint
 
+    bits = None if args.bits is None else _bit_list(args.bits)
     result = evaluate_checkpoint(
-        args.checkpoint, args.data, args.data_dir, args.batch_size, args.device
+        args.checkpoint, args.data, args.data_dir, args.batch_size, args.device,
+        bits, args.calibration_batches,
     )
     if args.json:
         print(json.dumps(result))
+    elif bits is not None:
+        from lowbit.adaptive.evaluation import format_bits_table
+
+        trained = ", ".join(map(str, result["trained_bits"]))
+        print(format_bits_table(
+            result["rows"],
+            f"{result['model']} {result['method']}, B = {{{trained}}}, on {result['data']} "
+            f"({result['rows'][0]['n']} test images)",
+        ))
     else:
         label = result["method"]
         if label != "float":
@@ -227,6 +251,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--batch-size", type=int, help="evaluation batch size")
     evaluation.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluation.add_argument("--json", action="store_true", help="print one JSON object")
+    evaluation.add_argument(
+        "--bits", metavar="B,B,...",
+        help="a network trained with adaptive.bits: test at each of these bit-widths, e.g. "
+        "2,3,4,5,6,7,8 (those it was not trained at: zero-shot, BatchNorm recalibrated)",
+    )
+    evaluation.add_argument(
+        "--calibration-batches", type=int, metavar="N",
+        help="training batches for zero-shot BatchNorm recalibration (default: the run's "
+        "adaptive.bn_calibration_batches)",
+    )
     evaluation.set_defaults(handler=_eval)
 
     importer = commands.add_parser("import", help="convert another code's checkpoint")

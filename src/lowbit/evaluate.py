@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from lowbit.adaptive.evaluation import evaluate_bit_widths
+from lowbit.adaptive.settings import adaptive_settings
+from lowbit.adaptive.switchable import model_bit_widths
 from lowbit.errors import LowbitError
 from lowbit.train.build import data_from_config, model_from_config
 from lowbit.train.checkpoint import load_checkpoint
@@ -81,11 +85,17 @@ def evaluate_checkpoint(
     data_dir: str | None = None,
     batch_size: int | None = None,
     device: str = "auto",
+    bits: Sequence[int] | None = None,
+    calibration_batches: int | None = None,
 ) -> dict[str, Any]:
     """Top-1 / top-5 (%), loss and n of the checkpoint at ``path`` on its data's test split.
 
     ``data``, ``data_dir`` and ``batch_size`` replace the config's; the input normalization
     stays the checkpoint's (``data.mean`` / ``data.std``): the model was trained with it.
+    ``bits`` (a network trained with ``adaptive.bits``): one row per bit-width in ``rows``
+    instead, those outside the trained set zero-shot, after BatchNorm recalibration on
+    ``calibration_batches`` training batches (default: the run's
+    ``adaptive.bn_calibration_batches``).
     """
     source = str(path)
     checkpoint = load_checkpoint(path)
@@ -96,14 +106,29 @@ def evaluate_checkpoint(
     bundle = data_from_config(config, target)
     checkpoint = {**checkpoint, "config": config}
     model = rebuild_model(checkpoint, bundle.num_classes, bundle.in_channels, source)
+    if bits is not None:
+        if calibration_batches is None:
+            calibration_batches = (config.get("adaptive") or {}).get("bn_calibration_batches", 20)
+        rows = evaluate_bit_widths(
+            model.to(target), bits, bundle.test, bundle.train, calibration_batches
+        )
+        return {
+            "checkpoint": source,
+            "model": config["model"]["name"],
+            "method": config["method"],
+            "trained_bits": list(model_bit_widths(model)),
+            "data": config["data"]["name"],
+            "rows": rows,
+        }
     metrics = evaluate(model.to(target), bundle.test)
     # A float stage, or a config whose bits are None (only overridden layers quantized).
     quantized = checkpoint.get("stage", "quant") == "quant" and config["bits"] is not None
+    adaptive = quantized and adaptive_settings(config)  # tested at its highest bit-width
     return {
         **metrics,
         "checkpoint": source,
         "model": config["model"]["name"],
         "method": config["method"] if quantized else "float",
-        "bits": config["bits"] if quantized else 32,
+        "bits": (adaptive.bits[0] if adaptive else config["bits"]) if quantized else 32,
         "data": config["data"]["name"],
     }

@@ -12,6 +12,7 @@ from typing import Callable
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.quant.dorefa import DoReFaWeightQuantizer, PACTQuantizer
 from lowbit.quant.maxscale import MaxScaleQuantizer
 from lowbit.quant.rcf import RCFQuantizer
 from lowbit.quant.relaxed import RQQuantizer, SRQQuantizer
@@ -102,3 +103,11 @@ register_method(Method("srq-dropbits", partial(SRQQuantizer, masks="bitwise"),
 register_method(Method("maxscale", MaxScaleQuantizer, None, 2, 16,
                        "weights rounded to steps of max(W)/(2^(b-1)-1), inputs float (APoT "
                        "authors' first/last layers)"))
+register_method(Method("dorefa", DoReFaWeightQuantizer,
+                       partial(PACTQuantizer, alpha=1.0, learn_alpha=False), 2, 8,
+                       "DoReFa: tanh-normalized weights (UniQ Eq. 2), inputs clipped to [0, 1]"))
+register_method(Method("pact", DoReFaWeightQuantizer, PACTQuantizer, 2, 8,
+                       "PACT: learned clipping level alpha on inputs, DoReFa weights"))
+register_method(Method("coquant", partial(DoReFaWeightQuantizer, scheme="centered"),
+                       PACTQuantizer, 2, 8,
+                       "CoQuant/AdaBits: nested DoReFa bins, PACT; adaptive.bits switches"))

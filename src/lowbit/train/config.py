@@ -68,6 +68,16 @@ DEFAULTS: dict[str, Any] = {
         "name": "cosine", "warmup_epochs": 0, "warmup_lr": None, "milestones": [], "gamma": 0.1,
     },
     "label_smoothing": 0.0,
+    # One network for several bit-widths (CoQuant, docs/coquant.md): bits null = one bit-width;
+    # a list such as [8, 6, 4, 2] trains them jointly. teacher: dynamic | highest | next | none;
+    # lambda and distance (weights | bits) weigh the dynamic teacher score; p1 is the probability
+    # of keeping the first block at the student's bits (swap_schedule: linear | flat);
+    # block_depth: dotted-name parts naming a block; bn_calibration_batches: zero-shot testing.
+    "adaptive": {
+        "bits": None, "teacher": "dynamic", "swap": True, "p1": 0.9, "lambda": 0.001,
+        "distance": "weights", "swap_schedule": "linear", "block_depth": 2,
+        "bn_calibration_batches": 20,
+    },
 }
 
 

@@ -44,16 +44,20 @@ def setup(device: torch.device) -> ProcessGroup:
     return ProcessGroup(dist.get_rank(), dist.get_world_size(), device)
 
 
-def wrap(model: nn.Module, group: ProcessGroup) -> nn.Module:
+def wrap(model: nn.Module, group: ProcessGroup, find_unused_parameters: bool = False) -> nn.Module:
     """``model`` in DistributedDataParallel when there are several processes.
 
     DDP broadcasts rank 0's parameters and buffers on construction, so anything a process
     computed alone before (e.g. quantizer calibration on its own batches) is made common.
+    ``find_unused_parameters``: some parameters may get no gradient in a step (CoQuant's
+    swapped blocks skip the student's BatchNorm).
     """
     if not group.enabled:
         return model
     device_ids = [group.device.index] if group.device.type == "cuda" else None
-    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    return nn.parallel.DistributedDataParallel(
+        model, device_ids=device_ids, find_unused_parameters=find_unused_parameters
+    )
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
+
+# A training objective other than cross-entropy on ``model(images)`` (CoQuant's joint loss):
+# ``objective(model, images, labels, progress) -> (loss, logits)``, ``progress`` the fraction
+# of training done; the logits are what the training top-1 counts.
+Objective = Callable[
+    [nn.Module, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]
+]
 
 
 def _progress(loader: Any, desc: str, show: bool) -> Any:
@@ -44,8 +51,12 @@ def train_one_epoch(
     label_smoothing: float = 0.0,
     desc: str = "train",
     show_progress: bool = True,
+    objective: Objective | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss and top-1 on the training batches.
+
+    The loss is cross-entropy on ``model(images)`` unless an ``objective`` is given; the
+    quantizers' regularization is added either way.
 
     Running sums stay on the device (no per-step ``.item()``), so the loop never waits on it.
     """
@@ -56,9 +67,13 @@ def train_one_epoch(
     loss_sum = correct = torch.zeros((), dtype=torch.float64)
     seen = 0
     for step, (images, labels) in enumerate(_progress(loader, desc, show_progress)):
-        hooks.set_progress((epoch * steps + step) / (epochs * steps))
-        logits = model(images)
-        loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        progress = (epoch * steps + step) / (epochs * steps)
+        hooks.set_progress(progress)
+        if objective is None:
+            logits = model(images)
+            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+        else:
+            loss, logits = objective(model, images, labels, progress)
         loss = loss + hooks.regularization_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

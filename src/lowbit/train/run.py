@@ -21,6 +21,9 @@ from torch import nn
 from tqdm import tqdm
 
 import lowbit
+from lowbit.adaptive import JointObjective, adaptive_settings, make_adaptive
+from lowbit.adaptive.evaluation import evaluate_adaptive
+from lowbit.adaptive.switchable import check_switchable_method
 from lowbit.data import DataBundle, available_datasets
 from lowbit.errors import LowbitError
 from lowbit.models import available_models
@@ -75,13 +78,21 @@ def check_config(config: dict[str, Any]) -> None:
         method.check_bits(config["bits"])
         if config["first_last_bits"] is not None:
             method.check_bits(config["first_last_bits"], "first_last_bits")
+        if adaptive_settings(config) is not None:
+            check_switchable_method(config["method"])
     _stage_plan(config)
     lr_factor(0, 1, 1, config["schedule"])
 
 
+def bits_label(config: dict[str, Any]) -> str:
+    """``"4"``, or ``"8/6/4/2"`` for a network trained at several bit-widths."""
+    adaptive = adaptive_settings(config)
+    return str(config["bits"]) if adaptive is None else "/".join(map(str, adaptive.bits))
+
+
 def new_run_dir(config: dict[str, Any]) -> Path:
     label = config["method"] if config["epochs"] else "float"
-    bits = f"-{config['bits']}bit" if config["epochs"] else ""
+    bits = f"-{bits_label(config).replace('/', '-')}bit" if config["epochs"] else ""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(config["out"]) / f"{stamp}-{config['model']['name']}-{label}{bits}"
     run_dir, n = base, 1
@@ -93,6 +104,17 @@ def new_run_dir(config: dict[str, Any]) -> Path:
 
 
 def quantize_from_config(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    adaptive = adaptive_settings(config)
+    if adaptive is not None:  # one network for every bit-width in adaptive.bits
+        return make_adaptive(
+            model,
+            adaptive.bits,
+            config["method"],
+            config["first_last_bits"],
+            overrides=config["overrides"],
+            weight_options=config["weight_options"],
+            input_options=config["input_options"],
+        )
     return lowbit.quantize(
         model,
         config["method"],
@@ -219,8 +241,12 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
     elif checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-    trained = distributed.wrap(model, run.group)
-    label = "float" if stage == "float" else f"{config['method']} {config['bits']}-bit"
+    adaptive = adaptive_settings(config) if stage == "quant" else None
+    objective = None
+    if adaptive is not None:
+        objective = JointObjective(model, adaptive, config["label_smoothing"])
+    trained = distributed.wrap(model, run.group, find_unused_parameters=adaptive is not None)
+    label = "float" if stage == "float" else f"{config['method']} {bits_label(config)}-bit"
     for epoch in range(state.epoch, epochs):
         torch.manual_seed(config["seed"] * 1000 + STAGES.index(stage) * 100 + epoch)
         start = time.perf_counter()
@@ -234,8 +260,12 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
             config["label_smoothing"],
             desc=f"{label} epoch {epoch + 1}/{epochs}",
             show_progress=run.group.is_main,
+            objective=objective,
         )
-        test_metrics = evaluate(trained, data.test, show_progress=run.group.is_main)
+        if adaptive is None:
+            test_metrics = evaluate(trained, data.test, show_progress=run.group.is_main)
+        else:  # top1 = the mean over the bit-widths; top1_by_bits each
+            test_metrics = evaluate_adaptive(trained, data.test, show_progress=run.group.is_main)
         seconds = time.perf_counter() - start
         state.epoch = epoch + 1
         state.seconds[stage] = state.seconds.get(stage, 0.0) + seconds
@@ -282,12 +312,17 @@ def learned_bits(model: nn.Module) -> dict[str, str]:
     }
 
 
+def _summary_bits(config: dict[str, Any]) -> int | list[int]:
+    adaptive = adaptive_settings(config)
+    return config["bits"] if adaptive is None else list(adaptive.bits)
+
+
 def _write_summary(run: Run, layer_bits: dict[str, str]) -> dict[str, Any]:
     config, state = run.config, run.state
     final = state.results.get("quant") or state.results["float"]
     summary = {
         "method": config["method"] if "quant" in state.results else "float",
-        "bits": config["bits"] if "quant" in state.results else 32,
+        "bits": _summary_bits(config) if "quant" in state.results else 32,
         "model": config["model"]["name"],
         "data": config["data"]["name"],
         "top1": final["top1"],
@@ -297,6 +332,7 @@ def _write_summary(run: Run, layer_bits: dict[str, str]) -> dict[str, Any]:
         "seconds": {k: round(v, 2) for k, v in state.seconds.items()},
         "world_size": run.group.world_size,
         **({"learned_bits": layer_bits} if layer_bits else {}),
+        **({"top1_by_bits": final["top1_by_bits"]} if "top1_by_bits" in final else {}),
         "paper": config["paper"],
         "run_dir": str(run.run_dir) if run.run_dir else None,
     }
