@@ -119,3 +119,14 @@ def test_model_without_conv_or_linear_is_an_error():
 
 def test_available_methods_lists_the_apot_family():
     assert {"apot", "pot", "uniform"} <= set(lowbit.available_methods())
+
+
+def test_float_downsample_keeps_strided_1x1_convs_float():
+    """UniQ §5: binary networks keep the downsampling layers in full precision."""
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 1, stride=2), nn.Conv2d(16, 16, 1),
+        nn.Flatten(), nn.Linear(16, 2),
+    )
+    lowbit.quantize(model, "uniq", 1, first_last_bits=None, float_downsample=True)
+    assert type(model[2]) is nn.Conv2d
+    assert isinstance(model[3], QConv2d)

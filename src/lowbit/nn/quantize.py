@@ -117,6 +117,7 @@ def quantize(
     overrides: Mapping[str, LayerSpec] | None = None,
     weight_options: Mapping[str, Any] | None = None,
     input_options: Mapping[str, Any] | None = None,
+    float_downsample: bool = False,
 ) -> nn.Module:
     """Quantize ``model`` in place with ``method`` and return it.
 
@@ -127,7 +128,8 @@ def quantize(
     another method and its options, e.g. ``{"fc": {"method": "maxscale", "bits": 8}}``
     (see ``resolve_layer``). The first layer's input is the data, which may be signed, so it
     is not quantized. ``weight_options`` / ``input_options`` go to the method's quantizers
-    (e.g. ``{"alpha": 6.0}``).
+    (e.g. ``{"alpha": 6.0}``). ``float_downsample=True`` keeps strided 1x1 convolutions (the
+    downsampling shortcuts of residual networks) float, as binary networks do (UniQ §5).
     """
     spec = get_method(method)
     if bits is not None:
@@ -149,10 +151,19 @@ def quantize(
         for name, value in layer_bits(names, bits, first_last_bits, overrides).items()
     }
     for index, (name, layer) in enumerate(layers):
-        if plan[name] is None:
+        if plan[name] is None or float_downsample and is_downsample(layer):
             continue
         _set_submodule(model, name, _quantized_layer(layer, plan[name], index > 0))
     return model
+
+
+def is_downsample(layer: nn.Module) -> bool:
+    """A strided 1x1 convolution: the projection shortcut of a residual block."""
+    return (
+        isinstance(layer, nn.Conv2d)
+        and tuple(layer.kernel_size) == (1, 1)
+        and max(layer.stride) > 1
+    )
 
 
 def _quantized_layer(
