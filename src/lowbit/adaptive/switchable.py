@@ -152,6 +152,24 @@ def make_adaptive(
     return set_bits(model, widths[0])
 
 
+def expand_batchnorms(
+    model: nn.Module, state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """``state`` with each plain BatchNorm's tensors (``bn.weight``, a float or single-precision
+    checkpoint) copied to every bit-width's BatchNorm of ``model`` (``bn.norms.8.weight`` ...),
+    so that initializing an adaptive network from it keeps the normalization it learned."""
+    expanded = dict(state)
+    for name, module in model.named_modules():
+        if not isinstance(module, SwitchableBatchNorm):
+            continue
+        prefix = f"{name}." if name else ""
+        for key in module.active.state_dict():
+            if prefix + key in state:
+                for bits in module.norms:
+                    expanded.setdefault(f"{prefix}norms.{bits}.{key}", state[prefix + key])
+    return expanded
+
+
 def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model

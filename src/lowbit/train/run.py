@@ -23,7 +23,7 @@ from tqdm import tqdm
 import lowbit
 from lowbit.adaptive import JointObjective, adaptive_settings, make_adaptive
 from lowbit.adaptive.evaluation import evaluate_adaptive
-from lowbit.adaptive.switchable import check_switchable_method
+from lowbit.adaptive.switchable import check_switchable_method, expand_batchnorms
 from lowbit.data import DataBundle, available_datasets
 from lowbit.errors import LowbitError
 from lowbit.models import available_models
@@ -219,6 +219,8 @@ def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None)
         return model
     if config["init"]:
         source = load_checkpoint(config["init"], run.group.device)["model"]
+        if adaptive_settings(config) is not None:  # one BatchNorm per bit-width: copy each
+            source = expand_batchnorms(model, source)
         loaded, skipped = load_matching(model, source)
         run.say(
             f"initialized {len(loaded)} tensors from {config['init']}; "
