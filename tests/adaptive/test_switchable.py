@@ -75,3 +75,20 @@ def test_methods_that_cannot_switch_and_plain_models_are_clear_errors():
         make_adaptive(plain, [])
     with pytest.raises(LowbitError, match="2..8"):
         make_adaptive(plain, [8, 1])
+
+
+def test_a_float_checkpoint_initializes_every_bit_widths_batchnorm():
+    from lowbit.adaptive.switchable import expand_batchnorms
+    from lowbit.train.checkpoint import load_matching
+
+    torch.manual_seed(0)
+    plain = build_model("small_cnn", num_classes=10, in_channels=1, width=8)
+    with torch.no_grad():
+        plain[4].weight.fill_(3.0)
+        plain[4].running_var.fill_(2.0)
+    model = make_adaptive(build_model("small_cnn", num_classes=10, in_channels=1, width=8),
+                          [8, 2])
+    loaded, _ = load_matching(model, expand_batchnorms(model, plain.state_dict()))
+    assert "4.norms.2.running_var" in loaded
+    for norm in model[4].norms.values():
+        assert torch.all(norm.weight == 3.0) and torch.all(norm.running_var == 2.0)
