@@ -56,7 +56,7 @@ def make_step(config: str | None, device: str) -> Step:
         if objective is None:
             loss = F.cross_entropy(model(images), labels)
         else:
-            loss, _ = objective(model, images, labels, 0.5)
+            loss, _ = objective(images, labels, 0.5)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -31,7 +31,7 @@ def test_switchable_bn_baseline_is_the_sum_of_cross_entropies(model, batch):
     model.eval()
     images, labels = batch
     settings = AdaptiveSettings(bits=(8, 6, 4, 2), teacher="none", swap=False)
-    loss, logits = JointObjective(model, settings)(model, images, labels, 0.0)
+    loss, logits = JointObjective(model, settings)(images, labels, 0.0)
     y = {b: set_bits(model, b)(images) for b in (8, 6, 4, 2)}
     expected = sum(F.cross_entropy(y[b], labels) for b in (8, 6, 4, 2))
     assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -43,7 +43,7 @@ def test_one_backward_trains_every_bit_width(model, batch, teacher):
     images, labels = batch
     settings = AdaptiveSettings(bits=(8, 6, 4, 2), teacher=teacher, swap=teacher == "dynamic",
                                 p1=1.0)
-    loss, logits = JointObjective(model, settings)(model, images, labels, 0.5)
+    loss, logits = JointObjective(model, settings)(images, labels, 0.5)
     loss.backward()
     for bits in ("8", "6", "4", "2"):
         assert model[4].norms[bits].weight.grad.abs().sum() > 0, bits
@@ -58,7 +58,7 @@ def test_joint_loss_equals_ce_plus_kl_per_bit_width(model, batch):
     model.eval()
     images, labels = batch
     settings = AdaptiveSettings(bits=(8, 4, 2), teacher="highest", swap=True, p1=1.0)
-    loss, _ = JointObjective(model, settings)(model, images, labels, 0.0)
+    loss, _ = JointObjective(model, settings)(images, labels, 0.0)
     y = {b: set_bits(model, b)(images) for b in (8, 4, 2)}
     expected = F.cross_entropy(y[8], labels) + sum(
         F.cross_entropy(y[b], labels) + distillation_loss(y[b], y[8]) for b in (4, 2)

@@ -101,20 +101,27 @@ def joint_loss(
     return total, logits
 
 
-class JointObjective:
-    """The trainer's objective ``(model, images, labels, progress) -> (loss, logits)`` for
-    joint training: the summed loss of ``joint_loss`` and the highest bit-width's logits."""
+class JointObjective(nn.Module):
+    """The trainer's objective for joint training: ``objective(images, labels, progress)``
+    returns the summed loss of ``joint_loss`` and the highest bit-width's logits.
+
+    A module holding ``model``, so that DistributedDataParallel wraps the whole step: its
+    reducer then sees one forward per backward, with the parameters this step left unused
+    (a swapped-out student block's BatchNorm) found from the summed loss.
+    """
 
     def __init__(
         self, model: nn.Module, settings: AdaptiveSettings, label_smoothing: float = 0.0
     ) -> None:
-        self.settings, self.label_smoothing = settings, label_smoothing
+        super().__init__()
+        self.model, self.settings, self.label_smoothing = model, settings, label_smoothing
         self.blocks = swap_blocks(model, settings.block_depth)
 
-    def __call__(
-        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor, progress: float
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         loss, logits = joint_loss(
-            model, images, labels, self.settings, self.blocks, progress, self.label_smoothing
+            self.model, images, labels, self.settings, self.blocks, progress,
+            self.label_smoothing,
         )
         return loss, logits[self.settings.bits[0]]

@@ -60,6 +60,15 @@ def wrap(model: nn.Module, group: ProcessGroup, find_unused_parameters: bool = F
     )
 
 
+def broadcast_buffers(model: nn.Module, group: ProcessGroup) -> None:
+    """Copy rank 0's buffers (BatchNorm statistics) to every process. DDP does it at the start of
+    each forward of the module it wraps; a model trained through a wrapped objective and then
+    tested unwrapped needs it once more."""
+    if group.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 

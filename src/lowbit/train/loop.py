@@ -10,11 +10,11 @@ from torch import nn
 from tqdm import tqdm
 
 # A training objective other than cross-entropy on ``model(images)`` (CoQuant's joint loss):
-# ``objective(model, images, labels, progress) -> (loss, logits)``, ``progress`` the fraction
-# of training done; the logits are what the training top-1 counts.
-Objective = Callable[
-    [nn.Module, torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]
-]
+# ``objective(images, labels, progress) -> (loss, logits)``, ``progress`` the fraction of
+# training done; the logits are what the training top-1 counts. An nn.Module that runs the
+# model inside its forward, so that DistributedDataParallel can wrap it whole (one forward per
+# backward) however many passes it makes.
+Objective = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
 
 
 def _progress(loader: Any, desc: str, show: bool) -> Any:
@@ -73,7 +73,7 @@ def train_one_epoch(
             logits = model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
         else:
-            loss, logits = objective(model, images, labels, progress)
+            loss, logits = objective(images, labels, progress)
         loss = loss + hooks.regularization_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()

@@ -245,10 +245,14 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
     adaptive = adaptive_settings(config) if stage == "quant" else None
-    objective = None
-    if adaptive is not None:
-        objective = JointObjective(model, adaptive, config["label_smoothing"])
-    trained = distributed.wrap(model, run.group, find_unused_parameters=adaptive is not None)
+    if adaptive is None:
+        trained, objective = distributed.wrap(model, run.group), None
+    else:  # DDP wraps the joint step, which runs the model once per bit-width
+        trained = model
+        objective = distributed.wrap(
+            JointObjective(model, adaptive, config["label_smoothing"]), run.group,
+            find_unused_parameters=True,
+        )
     label = "float" if stage == "float" else f"{config['method']} {bits_label(config)}-bit"
     for epoch in range(state.epoch, epochs):
         torch.manual_seed(config["seed"] * 1000 + STAGES.index(stage) * 100 + epoch)
@@ -268,6 +272,7 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
         if adaptive is None:
             test_metrics = evaluate(trained, data.test, show_progress=run.group.is_main)
         else:  # top1 = the mean over the bit-widths; top1_by_bits each
+            distributed.broadcast_buffers(model, run.group)
             test_metrics = evaluate_adaptive(trained, data.test, show_progress=run.group.is_main)
         seconds = time.perf_counter() - start
         state.epoch = epoch + 1
