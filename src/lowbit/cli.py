@@ -32,7 +32,8 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append(f"out={args.out}")
         recipe = find_recipe(args.recipe) if args.recipe else None  # a file or packaged name
         summary = run_training(resolve_config(recipe, overrides))
-    print(format_summary(summary))
+    if summary["run_dir"] is not None:  # rank 0 of a torchrun job, or a single process
+        print(format_summary(summary))
     return 0
 
 
@@ -53,13 +54,16 @@ def format_summary(summary: dict) -> str:
         )
     lines = [
         f"\n{summary['model']} on {summary['data']} ({summary['n']} test images)",
-        f"{'model':<16}{'top-1':>8}{'time':>9}",
+        f"{'model':<20}{'top-1':>8}{'time':>9}",
     ]
     for name, top1, seconds in rows:
         time_text = f"{seconds:.1f}s" if seconds is not None else "-"
-        lines.append(f"{name:<16}{top1:>7.2f}%{time_text:>9}")
+        lines.append(f"{name:<20}{top1:>7.2f}%{time_text:>9}")
     for bits, top1 in summary.get("top1_by_bits", {}).items():  # one network, several bits
-        lines.append(f"{'  at ' + bits + '-bit':<16}{top1:>7.2f}%")
+        lines.append(f"{'  at ' + bits + '-bit':<20}{top1:>7.2f}%")
+    if summary.get("learned_bits"):
+        learned = ", ".join(f"{k} {v}" for k, v in summary["learned_bits"].items())
+        lines.append(f"learned weight bits: {learned}")
     lines.append(f"run directory: {summary['run_dir']}")
     return "\n".join(lines)
 

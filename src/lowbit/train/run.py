@@ -124,6 +124,7 @@ def quantize_from_config(model: nn.Module, config: dict[str, Any]) -> nn.Module:
         overrides=config["overrides"],
         weight_options=config["weight_options"],
         input_options=config["input_options"],
+        float_downsample=config["float_downsample"],
     )
 
 
