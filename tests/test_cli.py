@@ -58,3 +58,13 @@ def test_bad_input_prints_one_line_and_exits_nonzero(tmp_path, args, message):
 def test_methods_lists_registry():
     result = lowbit("methods")
     assert result.returncode == 0 and "apot" in result.stdout
+
+
+def test_diagnose_prints_the_fig6_table():
+    result = lowbit("diagnose", "--bits", "3", "--samples", "2000")
+    assert result.returncode == 0, result.stderr
+    assert "error:SRQ" in result.stdout and "-3.5" in result.stdout
+
+
+def test_unknown_option_is_rejected():
+    assert lowbit("train", "--bogus").returncode == 2

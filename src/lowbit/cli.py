@@ -81,8 +81,13 @@ def _eval(args: argparse.Namespace) -> int:
 
     bits = None if args.bits is None else _bit_list(args.bits)
     result = evaluate_checkpoint(
-        args.checkpoint, args.data, args.data_dir, args.batch_size, args.device,
-        bits, args.calibration_batches,
+        args.checkpoint,
+        args.data,
+        args.data_dir,
+        args.batch_size,
+        args.device,
+        bits,
+        args.calibration_batches,
     )
     if args.json:
         print(json.dumps(result))
@@ -90,11 +95,13 @@ def _eval(args: argparse.Namespace) -> int:
         from lowbit.adaptive.evaluation import format_bits_table
 
         trained = ", ".join(map(str, result["trained_bits"]))
-        print(format_bits_table(
-            result["rows"],
-            f"{result['model']} {result['method']}, B = {{{trained}}}, on {result['data']} "
-            f"({result['rows'][0]['n']} test images)",
-        ))
+        print(
+            format_bits_table(
+                result["rows"],
+                f"{result['model']} {result['method']}, B = {{{trained}}}, on {result['data']} "
+                f"({result['rows'][0]['n']} test images)",
+            )
+        )
     else:
         label = result["method"]
         if label != "float":
@@ -191,9 +198,10 @@ def _plot(args: argparse.Namespace) -> int:
         sample = sample_input(model, info, args.image_size, batch=8).normal_()
         calibrate(model, [sample], 1)  # sets the step sizes a fresh zoo model lacks
         weights, activations = plots.histogram_panels(model, sample, args.layers)
-        written = [plots.plot_histograms(weights, out / "weights.png", "weight"),
-                   plots.plot_clipping(plots.clipping_curves(model, args.layers),
-                                       out / "clipping.png")]
+        written = [
+            plots.plot_histograms(weights, out / "weights.png", "weight"),
+            plots.plot_clipping(plots.clipping_curves(model, args.layers), out / "clipping.png"),
+        ]
         if activations:
             written.append(
                 plots.plot_histograms(activations, out / "activations.png", "activation")
@@ -216,13 +224,22 @@ def _export(args: argparse.Namespace) -> int:
     out = export_model(model, args.out, {key: info[key] for key in keys})
     size = sum(os.path.getsize(path) for path in Path(out).iterdir())
     expected = model_cost(model, sample_input(model, info, args.image_size)).size_mb
-    print(f"wrote {out}: {significant(size / 2**20)} MB on disk "
-          f"(lowbit report: {significant(expected)} MB)")
+    print(
+        f"wrote {out}: {significant(size / 2**20)} MB on disk "
+        f"(lowbit report: {significant(expected)} MB)"
+    )
     if args.onnx:
         from lowbit.export.onnx import export_onnx
 
         print(f"wrote {export_onnx(model, args.onnx, sample_input(model, info, args.image_size))}")
     return 0
+
+
+def _diagnose(args: argparse.Namespace) -> int:
+    from lowbit.analysis import relaxed_diagnostics
+
+    options = ["--help" if o == "--help-options" else o for o in args.options]
+    return relaxed_diagnostics.main(options)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -256,12 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluation.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     evaluation.add_argument("--json", action="store_true", help="print one JSON object")
     evaluation.add_argument(
-        "--bits", metavar="B,B,...",
+        "--bits",
+        metavar="B,B,...",
         help="a network trained with adaptive.bits: test at each of these bit-widths, e.g. "
         "2,3,4,5,6,7,8 (those it was not trained at: zero-shot, BatchNorm recalibrated)",
     )
     evaluation.add_argument(
-        "--calibration-batches", type=int, metavar="N",
+        "--calibration-batches",
+        type=int,
+        metavar="N",
         help="training batches for zero-shot BatchNorm recalibration (default: the run's "
         "adaptive.bn_calibration_batches)",
     )
@@ -303,8 +323,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("model", help="zoo model name or lowbit checkpoint")
     report.add_argument("--method", help="quantize a zoo model with this method")
     report.add_argument("--bits", type=int, help="bits of the method (with --method)")
-    report.add_argument("--first-last-bits", type=_layer_bits, default=8,
-                        help="bits of the first and last layers, or 'float' (default 8)")
+    report.add_argument(
+        "--first-last-bits",
+        type=_layer_bits,
+        default=8,
+        help="bits of the first and last layers, or 'float' (default 8)",
+    )
     report.add_argument("--image-size", type=int, help="input side (default: the model's data)")
     report.add_argument("--json", action="store_true", help="print one JSON object")
     report.set_defaults(handler=_report)
@@ -316,8 +340,12 @@ def build_parser() -> argparse.ArgumentParser:
     plot.add_argument("-o", "--out", required=True, help="directory for the PNG files")
     plot.add_argument("--method", help="quantize a zoo model with this method")
     plot.add_argument("--bits", type=int, help="bits of the method (with --method)")
-    plot.add_argument("--first-last-bits", type=_layer_bits, default=8,
-                      help="bits of the first and last layers, or 'float' (default 8)")
+    plot.add_argument(
+        "--first-last-bits",
+        type=_layer_bits,
+        default=8,
+        help="bits of the first and last layers, or 'float' (default 8)",
+    )
     plot.add_argument("--layers", type=int, default=6, help="layers to show (default 6)")
     plot.add_argument("--image-size", type=int, help="input side (default: the model's data)")
     plot.set_defaults(handler=_plot)
@@ -330,11 +358,23 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--onnx", metavar="FILE", help="also write an ONNX QDQ graph (uniform)")
     export.add_argument("--image-size", type=int, help="input side (default: the model's data)")
     export.set_defaults(handler=_export)
+
+    diagnose = commands.add_parser(
+        "diagnose",
+        help="SRQ Fig. 6: quantization error, distribution bias and gradient variance of "
+        "RQ, SRQ and SRQ+DropBits (e.g. --bits 3 --plot fig6.png; --help-options lists them)",
+    )
+    diagnose.set_defaults(handler=_diagnose)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.command == "diagnose":  # its options belong to the diagnostics module
+        args.options = extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.handler(args)
     except LowbitError as error:
