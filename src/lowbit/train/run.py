@@ -104,27 +104,19 @@ def new_run_dir(config: dict[str, Any]) -> Path:
 
 
 def quantize_from_config(model: nn.Module, config: dict[str, Any]) -> nn.Module:
+    options = {
+        "overrides": config["overrides"],
+        "weight_options": config["weight_options"],
+        "input_options": config["input_options"],
+        "float_downsample": config["float_downsample"],
+    }
     adaptive = adaptive_settings(config)
     if adaptive is not None:  # one network for every bit-width in adaptive.bits
         return make_adaptive(
-            model,
-            adaptive.bits,
-            config["method"],
-            config["first_last_bits"],
-            overrides=config["overrides"],
-            weight_options=config["weight_options"],
-            input_options=config["input_options"],
-            float_downsample=config["float_downsample"],
+            model, adaptive.bits, config["method"], config["first_last_bits"], **options
         )
     return lowbit.quantize(
-        model,
-        config["method"],
-        config["bits"],
-        config["first_last_bits"],
-        overrides=config["overrides"],
-        weight_options=config["weight_options"],
-        input_options=config["input_options"],
-        float_downsample=config["float_downsample"],
+        model, config["method"], config["bits"], config["first_last_bits"], **options
     )
 
 
