@@ -13,7 +13,7 @@ from lowbit.train.run import check_config, quantize_from_config
 from lowbit.train.sweep import load_spec, row_configs
 
 RECIPES = sorted(name for name, path in packaged().items() if isinstance(read_yaml(path), dict))
-SWEEPS = sorted(set(packaged()) - set(RECIPES))
+SWEEPS = sorted(name for name in set(packaged()) - set(RECIPES) if "-apot-" in name)
 RECIPES = [name for name in RECIPES if name.startswith("apot-")]  # CoQuant's: tests/adaptive
 CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
