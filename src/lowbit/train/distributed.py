@@ -93,4 +93,7 @@ def ranks_agree(model: nn.Module, group: ProcessGroup) -> bool:
 
 def teardown(group: ProcessGroup) -> None:
     if group.enabled and dist.is_initialized():
+        # Leave together: a process that tears down while its peer still talks to it makes
+        # gloo abort the peer.
+        dist.barrier()
         dist.destroy_process_group()
