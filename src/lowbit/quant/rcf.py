@@ -16,6 +16,7 @@ from lowbit.quant.project import (
     project_by_search,
     project_on_grid,
 )
+from lowbit.quant.ste import scale_gradient, straight_through
 
 
 class _RCF(torch.autograd.Function):
@@ -26,17 +27,17 @@ class _RCF(torch.autograd.Function):
     straight-through for ``x`` inside the clipping range, zero outside; for alpha,
     ``Pi(x/alpha) - x/alpha`` inside and ``sign(x)`` outside (Eq. 8). Outside the range
     ``Pi(x/alpha) = sign(x)``, so the alpha gradient is ``(sum(g * out) - sum(g_x * x)) / alpha``:
-    two dot products, no extra tensor.
+    two dot products, no extra tensor (``lowbit.quant.ste``).
     """
 
     @staticmethod
-    def forward(ctx, x, alpha, levels, boundaries, table, signed, divide_first):
+    def forward(ctx, x, alpha, levels, table, signed, divide_first):
         if divide_first:
             out = project_divided(x, alpha, levels, signed)
         elif table is not None:
             out = project_on_grid(x, table * alpha, -1.0 if signed else 0.0, 1.0, alpha)
         else:
-            out = project_by_search(x, levels * alpha, boundaries * alpha)
+            out = project_by_search(x, levels * alpha, midpoints(levels) * alpha)
         ctx.signed = signed
         ctx.save_for_backward(x, out, alpha)
         return out
@@ -44,14 +45,11 @@ class _RCF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
-        outside = (x.abs() > alpha) if ctx.signed else (x > alpha)
-        grad_x = torch.where(outside, 0.0, grad_out)
+        grad_x = straight_through(grad_out, x, -alpha if ctx.signed else None, alpha)
         grad_alpha = None
         if ctx.needs_input_grad[1]:
-            flat_g, flat_gx = grad_out.reshape(-1), grad_x.reshape(-1)
-            grad_alpha = (flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))) / alpha
-            grad_alpha = grad_alpha.reshape(alpha.shape)
-        return grad_x, grad_alpha, None, None, None, None, None
+            grad_alpha = (scale_gradient(grad_out, grad_x, x, out) / alpha).reshape(alpha.shape)
+        return grad_x, grad_alpha, None, None, None, None
 
 
 def nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -100,10 +98,7 @@ def rcf_quantize(
     """
     dtype = x.dtype
     table = None if table is None else table.to(dtype)
-    levels = levels.to(dtype)
-    return _RCF.apply(
-        x, alpha.to(dtype), levels, midpoints(levels), table, signed, divide_first
-    )
+    return _RCF.apply(x, alpha.to(dtype), levels.to(dtype), table, signed, divide_first)
 
 
 def normalize_weight(

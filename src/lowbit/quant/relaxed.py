@@ -113,7 +113,7 @@ def srq_argmax(
     ``log_gates[g]`` is ``log Z_g`` and may carry extra dimensions that broadcast against
     ``x`` (one mask sample per row in ``lowbit.analysis.relaxed_diagnostics``).
     """
-    nearest = torch.floor(x / alpha + 0.5)
+    nearest = x.div(alpha).add_(0.5).floor_()
     if len(runs) == 1:
         return nearest.clamp_(runs[0][0], runs[0][1])
     best_k = best = None
@@ -160,40 +160,37 @@ class _SemiRelaxed(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, k_int, alpha, sigma, gates = ctx.saved_tensors
         k = k_int.to(x.dtype)
-        c = grad_out * k
-        c.mul_(alpha)
+        c = grad_out * k  # c / alpha
+        sum_gk = c.sum()  # sum(G k), before the gates
         if gates is not None:
             point_gate, index = _point_gates(gates, ctx.runs, k_int)
             c.mul_(point_gate.index_select(0, index).view_as(c))
         # With A = (alpha (k + 1/2) - x)/sigma, B = A - alpha/sigma and S' = S (1 - S):
-        # dpi/dx = -(S'(A) - S'(B))/sigma, dpi/dalpha = (S'(A)(k + 1/2) - S'(B)(k - 1/2))/sigma,
-        # dpi/dsigma = -(S'(A) A - S'(B) B)/sigma.
-        a = k.add(0.5).mul_(alpha).sub_(x).div_(sigma)
-        e_up = _sigmoid_slope(a).mul_(c).div_(sigma)
-        grad_sigma = -e_up.reshape(-1).dot(a.reshape(-1))
-        b = a.sub_(alpha / sigma)
-        e_lo = _sigmoid_slope(b).mul_(c).div_(sigma)
-        del c
-        grad_sigma = grad_sigma + e_lo.reshape(-1).dot(b.reshape(-1))
+        # dpi/dx = (S'(B) - S'(A))/sigma, dpi/dalpha = (S'(A)(k + 1/2) - S'(B)(k - 1/2))/sigma,
+        # dpi/dsigma = (S'(B) B - S'(A) A)/sigma. With r = alpha/sigma the sums over c alpha
+        # dpi/d... become: dL/dx = r c (S'(B) - S'(A)); dL/dalpha = sum(G k) - sum(dL/dx k)
+        # + r/2 sum(c (S'(A) + S'(B))); dL/dsigma = sum(dL/dx A) - r^2 sum(c S'(B)).
+        ratio = alpha / sigma
+        a = torch.addcmul(x, k, alpha, value=-1).mul_(-1 / sigma).add_(ratio / 2)
+        s_up = torch.sigmoid(a)
+        s_lo = torch.sub(a, ratio).sigmoid_()
         grad_gates = None
         if gates is not None and ctx.needs_input_grad[3]:
-            pi = torch.sigmoid(b.add(alpha / sigma)).sub_(torch.sigmoid(b))
-            weight = pi.mul_(grad_out).mul_(k).mul_(alpha)
+            weight = torch.sub(s_up, s_lo).mul_(grad_out).mul_(k).mul_(alpha)  # G alpha k pi
             grad_points = torch.zeros_like(point_gate).index_add_(0, index, weight.reshape(-1))
             grad_gates = _group_sums(grad_points, gates, ctx.runs)
-        del b
-        half_sum = 0.5 * (e_up.sum() + e_lo.sum())
-        grad_x = e_lo.sub_(e_up)
-        del e_up
-        grad_alpha = grad_out.reshape(-1).dot(k.reshape(-1)) - grad_x.reshape(-1).dot(k.reshape(-1))
-        grad_alpha = grad_alpha + half_sum
+        slope_up = s_up.addcmul_(s_up, s_up, value=-1)
+        slope_lo = s_lo.addcmul_(s_lo, s_lo, value=-1)
+        flat_c = c.reshape(-1)
+        sum_up, sum_lo = flat_c.dot(slope_up.reshape(-1)), flat_c.dot(slope_lo.reshape(-1))
+        grad_x = slope_lo.sub_(slope_up).mul_(c).mul_(ratio)
+        del c, s_up, slope_up
+        flat_gx, flat_k = grad_x.reshape(-1), k.reshape(-1)
+        grad_alpha = sum_gk - flat_gx.dot(flat_k)
+        grad_alpha = grad_alpha + ratio / 2 * (sum_up + sum_lo)
+        grad_sigma = flat_gx.dot(a.reshape(-1)) - ratio * ratio * sum_lo
         grad_alpha, grad_sigma = grad_alpha.reshape(alpha.shape), grad_sigma.reshape(sigma.shape)
         return grad_x, grad_alpha, grad_sigma, grad_gates, None
-
-
-def _sigmoid_slope(t: torch.Tensor) -> torch.Tensor:
-    """``S'(t) = S(t) (1 - S(t)) = 1 / (4 cosh^2(t / 2))`` with one temporary."""
-    return t.mul(0.5).cosh_().square_().reciprocal_().mul_(0.25)
 
 
 def _point_gates(

@@ -24,6 +24,7 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.quant.init import lsq_step, mse_activation_step, mse_weight_step
+from lowbit.quant.ste import scale_gradient, straight_through
 
 MAX_BITS = 8
 GRIDS = ("symmetric", "signed", "unsigned")
@@ -62,13 +63,11 @@ class _LearnedStepQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, step = ctx.saved_tensors
-        inside = (x >= ctx.q_min * step) & (x <= ctx.q_max * step)
-        grad_x = torch.where(inside, grad_out, 0.0)
+        grad_x = straight_through(grad_out, x, ctx.q_min * step, ctx.q_max * step)
         grad_step = None
         if ctx.needs_input_grad[1]:
             if step.numel() == 1:
-                flat_g, flat_gx = grad_out.reshape(-1), grad_x.reshape(-1)
-                total = flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))
+                total = scale_gradient(grad_out, grad_x, x, out)
             else:
                 total = (grad_out * out - grad_x * x).sum_to_size(step.shape)
             grad_step = (total * (ctx.grad_scale / step)).reshape(step.shape)
