@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.quant.precision import float32_compute
 
 SCHEMES = ("original", "modified", "centered")
 MIN_BITS, MAX_BITS = 2, 8
@@ -101,6 +102,7 @@ class _PACT(torch.autograd.Function):
         return grad_x, grad_alpha, None
 
 
+@float32_compute
 def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
     """PACT (Choi et al. 2018) with AdaBits' rounding: ``x`` clipped to ``[0, alpha]`` and
     rounded to ``2**bits - 1`` equal steps; ``alpha`` is a positive scalar tensor."""
@@ -112,6 +114,7 @@ def _straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
     return x + (rounded - x).detach()
 
 
+@float32_compute
 def dorefa_weight_quantize(
     w: torch.Tensor, bits: int, scheme: str = "original", rescale: bool = False
 ) -> torch.Tensor:

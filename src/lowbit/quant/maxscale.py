@@ -10,7 +10,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.quant.precision import float32_compute
 
+
+@float32_compute
 def max_scaled_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
     """``round(w / max(W) * n) / n * max(W)`` with ``n = 2**(bits - 1) - 1``, straight-through.
 

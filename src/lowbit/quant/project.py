@@ -84,8 +84,8 @@ def project_by_search(
     x: torch.Tensor, levels: torch.Tensor, boundaries: torch.Tensor
 ) -> torch.Tensor:
     """Nearest of ``levels`` by binary search among ``boundaries`` (scaled alike)."""
-    index = torch.bucketize(x, boundaries, out_int32=True, right=True)
-    return levels.index_select(0, index.reshape(-1)).view_as(x)
+    index = torch.bucketize(x.reshape(-1), boundaries, out_int32=True, right=True)
+    return levels.index_select(0, index).view_as(x)
 
 
 def project_to_levels(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

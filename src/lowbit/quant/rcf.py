@@ -9,6 +9,7 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.quant.levels import levels as make_levels
+from lowbit.quant.precision import float32_compute
 from lowbit.quant.project import (
     grid_cells,
     grid_table,
@@ -80,6 +81,7 @@ def project_divided(
     return nearest_level(u, levels) * alpha
 
 
+@float32_compute
 def rcf_quantize(
     x: torch.Tensor,
     alpha: torch.Tensor,

@@ -36,6 +36,7 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.quant.dropbits import NO_MASK, DropBitsMasks, Run, mask_runs
 from lowbit.quant.init import lsq_step
+from lowbit.quant.precision import float32_compute
 
 SIGMA_PER_ALPHA = 1 / 3  # sigma starts at alpha / 3 (the seed's §3.2 example, Louizos et al.)
 MIN_TEMPERATURE, ANNEAL_SCALE, ANNEAL_EVERY = 0.5, 1e5, 1000  # App. F annealing schedule
@@ -49,6 +50,7 @@ def grid_bounds(bits: int, signed: bool) -> tuple[int, int]:
     return 0, 2**bits - 1
 
 
+@float32_compute
 def round_to_grid(x: torch.Tensor, alpha: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
     """Deployment (Algorithm 3 / Algorithm 1): ``clamp(alpha * round(x / alpha))``."""
     return torch.floor(x / alpha + 0.5).clamp_(lo, hi) * alpha
@@ -76,6 +78,7 @@ def local_window(
     return start.unsqueeze(-1) + torch.arange(size, dtype=x.dtype, device=x.device)
 
 
+@float32_compute
 def relaxed_quantize(
     x: torch.Tensor,
     alpha: torch.Tensor,
@@ -215,6 +218,7 @@ def _group_sums(grad_points: torch.Tensor, gates: torch.Tensor, runs: list[Run])
     return grad_gates
 
 
+@float32_compute
 def semi_relaxed_quantize(
     x: torch.Tensor,
     alpha: torch.Tensor,

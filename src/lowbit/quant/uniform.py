@@ -24,6 +24,7 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.quant.init import lsq_step, mse_activation_step, mse_weight_step
+from lowbit.quant.precision import float32_compute
 from lowbit.quant.ste import scale_gradient, straight_through
 
 MAX_BITS = 8
@@ -74,6 +75,7 @@ class _LearnedStepQuantize(torch.autograd.Function):
         return grad_x, grad_step, None, None, None, None
 
 
+@float32_compute
 def learned_step_quantize(
     x: torch.Tensor,
     step: torch.Tensor,
