@@ -14,41 +14,56 @@ import math
 import torch
 
 
+def host_scalars(x: torch.Tensor) -> bool:
+    """Whether a quantizer of ``x`` may pass its scale as a Python number: on the CPU outside
+    ``torch.compile``, where that selects ATen's fused one-pass kernels (hardtanh and its
+    backward) and reading the scale costs nothing. On a GPU it would wait for the device,
+    and under ``torch.compile`` it would break the graph; tensor ops fuse there anyway."""
+    return x.device.type == "cpu" and not torch.compiler.is_compiling()
+
+
 def straight_through(
     grad: torch.Tensor,
     x: torch.Tensor,
     low: torch.Tensor | None,
     high: torch.Tensor | None,
+    closed: bool = True,
 ) -> torch.Tensor:
-    """``grad`` where ``low <= x <= high``, zero elsewhere; a bound of ``None`` is no bound.
+    """``grad`` where ``low <= x <= high`` (``low < x < high`` with ``closed=False``), zero
+    elsewhere; a bound of ``None`` is no bound.
 
     ``low`` / ``high`` are tensors broadcasting against ``x`` (a scalar, or one per channel).
-    With scalar bounds on the CPU this is one fused pass (hardtanh's backward, whose open
-    range becomes the closed one with the bounds moved one step outward in ``x``'s dtype);
-    a compare-and-select costs about six passes there. Elsewhere (GPU, ``torch.compile``)
-    the compare-and-select is fast and needs no host copy of the bounds. (The fused pass
-    also gives ``x = -inf`` or ``+inf`` zero on an unbounded side.)
+    With scalar bounds and ``host_scalars(x)`` this is one fused pass (hardtanh's backward,
+    whose open range becomes the closed one with the bounds moved one step outward in
+    ``x``'s dtype); a compare-and-select costs about six passes on the CPU. (The fused pass
+    gives ``x = -inf`` or ``+inf`` zero on an unbounded side.)
     """
-    if x.device.type == "cpu" and not torch.compiler.is_compiling() and all(
-        bound is None or bound.numel() == 1 for bound in (low, high)
-    ):
+    if host_scalars(x) and all(b is None or b.numel() == 1 for b in (low, high)):
         return torch.ops.aten.hardtanh_backward(
-            grad, x, _outward(low, x, -math.inf), _outward(high, x, math.inf)
+            grad, x, _host_bound(low, x, -math.inf, closed), _host_bound(high, x, math.inf, closed)
         )
     inside = None
     for bound, above in ((low, True), (high, False)):
         if bound is not None:
-            side = x >= bound if above else x <= bound
+            if above:
+                side = x >= bound if closed else x > bound
+            else:
+                side = x <= bound if closed else x < bound
             inside = side if inside is None else inside & side
     return grad if inside is None else torch.where(inside, grad, 0.0)
 
 
-def _outward(bound: torch.Tensor | None, x: torch.Tensor, direction: float) -> float:
-    """The next value of ``x``'s dtype beyond ``bound`` towards ``direction`` (a Python float)."""
+def _host_bound(
+    bound: torch.Tensor | None, x: torch.Tensor, direction: float, closed: bool
+) -> float:
+    """``bound`` as a Python float in ``x``'s dtype, moved one step towards ``direction``
+    when the range is closed (hardtanh's backward excludes its bounds)."""
     if bound is None:
         return direction
     value = bound.detach().reshape(()).to(x.dtype)
-    return float(torch.nextafter(value, value.new_tensor(direction)))
+    if closed:
+        value = torch.nextafter(value, value.new_tensor(direction))
+    return float(value)
 
 
 def scale_gradient(
