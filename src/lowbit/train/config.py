@@ -68,6 +68,12 @@ DEFAULTS: dict[str, Any] = {
         "name": "cosine", "warmup_epochs": 0, "warmup_lr": None, "milestones": [], "gamma": 0.1,
     },
     "label_smoothing": 0.0,
+    # Speed: amp "bf16" runs forward and loss under bf16 autocast (quantizers compute in
+    # float32), null in float32; channels_last stores conv activations NHWC (GPUs); compile
+    # trains a torch.compile'd model (single bit-width runs).
+    "amp": None,
+    "channels_last": False,
+    "compile": False,
     # One network for several bit-widths (CoQuant, docs/coquant.md): bits null = one bit-width;
     # a list such as [8, 6, 4, 2] trains them jointly. teacher: dynamic | highest | next | none;
     # lambda and distance (weights | bits) weigh the dynamic teacher score; p1 is the probability

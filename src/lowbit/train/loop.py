@@ -52,11 +52,13 @@ def train_one_epoch(
     desc: str = "train",
     show_progress: bool = True,
     objective: Objective | None = None,
+    amp: torch.dtype | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss and top-1 on the training batches.
 
     The loss is cross-entropy on ``model(images)`` unless an ``objective`` is given; the
-    quantizers' regularization is added either way.
+    quantizers' regularization is added either way. ``amp`` (e.g. ``torch.bfloat16``) runs
+    the forward and the loss under autocast.
 
     Running sums stay on the device (no per-step ``.item()``), so the loop never waits on it.
     """
@@ -69,12 +71,13 @@ def train_one_epoch(
     for step, (images, labels) in enumerate(_progress(loader, desc, show_progress)):
         progress = (epoch * steps + step) / (epochs * steps)
         hooks.set_progress(progress)
-        if objective is None:
-            logits = model(images)
-            loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
-        else:
-            loss, logits = objective(images, labels, progress)
-        loss = loss + hooks.regularization_loss()
+        with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+            if objective is None:
+                logits = model(images)
+                loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+            else:
+                loss, logits = objective(images, labels, progress)
+            loss = loss + hooks.regularization_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -92,15 +95,21 @@ def train_one_epoch(
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Any, desc: str = "eval", show_progress: bool = True
+    model: nn.Module,
+    loader: Any,
+    desc: str = "eval",
+    show_progress: bool = True,
+    amp: torch.dtype | None = None,
 ) -> dict[str, float]:
-    """Top-1, top-5 (in %), mean cross-entropy and sample count over ``loader``."""
+    """Top-1, top-5 (in %), mean cross-entropy and sample count over ``loader`` (the forward
+    under ``amp`` autocast when given)."""
     was_training = model.training
     model.eval()
     loss_sum = top1 = top5 = 0.0
     seen = 0
     for images, labels in _progress(loader, desc, show_progress):
-        logits = model(images)
+        with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+            logits = model(images).float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
         best = logits.topk(min(5, logits.shape[1]), dim=1).indices
         hits = best == labels[:, None]

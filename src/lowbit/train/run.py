@@ -82,6 +82,20 @@ def check_config(config: dict[str, Any]) -> None:
             check_switchable_method(config["method"])
     _stage_plan(config)
     lr_factor(0, 1, 1, config["schedule"])
+    amp_dtype(config)
+    if config.get("compile") and adaptive_settings(config) is not None:
+        raise LowbitError("compile: true trains one bit-width; set compile: false with adaptive")
+
+
+AMP_DTYPES = {None: None, "bf16": torch.bfloat16}
+
+
+def amp_dtype(config: dict[str, Any]) -> torch.dtype | None:
+    """The autocast dtype ``config["amp"]`` names (``None``: float32 throughout)."""
+    amp = config.get("amp")  # absent from configs written before the key existed
+    if amp not in AMP_DTYPES:
+        raise LowbitError(f"amp must be bf16 or null, got {amp!r}")
+    return AMP_DTYPES[amp]
 
 
 def bits_label(config: dict[str, Any]) -> str:
@@ -237,9 +251,13 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
     elif checkpoint is not None:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+    if config.get("channels_last"):
+        model.to(memory_format=torch.channels_last)
     adaptive = adaptive_settings(config) if stage == "quant" else None
     if adaptive is None:
         trained, objective = distributed.wrap(model, run.group), None
+        if config.get("compile"):
+            trained = torch.compile(trained)
     else:  # DDP wraps the joint step, which runs the model once per bit-width
         trained = model
         objective = distributed.wrap(
@@ -261,9 +279,12 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
             desc=f"{label} epoch {epoch + 1}/{epochs}",
             show_progress=run.group.is_main,
             objective=objective,
+            amp=amp_dtype(config),
         )
         if adaptive is None:
-            test_metrics = evaluate(trained, data.test, show_progress=run.group.is_main)
+            test_metrics = evaluate(
+                trained, data.test, show_progress=run.group.is_main, amp=amp_dtype(config)
+            )
         else:  # top1 = the mean over the bit-widths; top1_by_bits each
             distributed.broadcast_buffers(model, run.group)
             test_metrics = evaluate_adaptive(trained, data.test, show_progress=run.group.is_main)
