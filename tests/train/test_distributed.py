@@ -29,7 +29,7 @@ def test_torchrun_two_processes_train_identical_weights_into_one_run_dir(tmp_pat
         "model.options.width=8",
     ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     (run_dir,) = (tmp_path / "runs").iterdir()  # rank 1 wrote nothing of its own
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["world_size"] == 2
