@@ -162,36 +162,36 @@ class _SemiRelaxed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, k_int, alpha, sigma, gates = ctx.saved_tensors
-        k = k_int.to(x.dtype)
-        c = grad_out * k  # c / alpha
-        sum_gk = c.sum()  # sum(G k), before the gates
+        # With A = (alpha (k + 1/2) - x)/sigma, B = A - alpha/sigma and S' = S (1 - S):
+        # dpi/dx = (S'(B) - S'(A))/sigma, dpi/dalpha = (S'(A)(k + 1/2) - S'(B)(k - 1/2))/sigma,
+        # dpi/dsigma = (S'(B) B - S'(A) A)/sigma. With r = alpha/sigma and c = G k Z r (Z the
+        # point's gate, 1 without masks), the sums over G alpha k Z dpi/d... become:
+        # dL/dx = c (S'(B) - S'(A)); dL/dalpha = sum(G k) - sum(dL/dx k) + sum(c (S'(A) +
+        # S'(B)))/2; dL/dsigma = sum(dL/dx A) - r sum(c S'(B)). Every tensor carries k r.
+        ratio = alpha / sigma
+        kr = k_int.to(x.dtype).mul_(ratio)
+        c = grad_out * kr
+        sum_gk = c.sum() / ratio  # sum(G k), before the gates
         if gates is not None:
             point_gate, index = _point_gates(gates, ctx.runs, k_int)
             c.mul_(point_gate.index_select(0, index).view_as(c))
-        # With A = (alpha (k + 1/2) - x)/sigma, B = A - alpha/sigma and S' = S (1 - S):
-        # dpi/dx = (S'(B) - S'(A))/sigma, dpi/dalpha = (S'(A)(k + 1/2) - S'(B)(k - 1/2))/sigma,
-        # dpi/dsigma = (S'(B) B - S'(A) A)/sigma. With r = alpha/sigma the sums over c alpha
-        # dpi/d... become: dL/dx = r c (S'(B) - S'(A)); dL/dalpha = sum(G k) - sum(dL/dx k)
-        # + r/2 sum(c (S'(A) + S'(B))); dL/dsigma = sum(dL/dx A) - r^2 sum(c S'(B)).
-        ratio = alpha / sigma
-        a = torch.addcmul(x, k, alpha, value=-1).mul_(-1 / sigma).add_(ratio / 2)
+        a = torch.addcmul(kr, x, -1 / sigma).add_(ratio / 2)  # A = k r + r/2 - x/sigma
         s_up = torch.sigmoid(a)
         s_lo = torch.sub(a, ratio).sigmoid_()
         grad_gates = None
         if gates is not None and ctx.needs_input_grad[3]:
-            weight = torch.sub(s_up, s_lo).mul_(grad_out).mul_(k).mul_(alpha)  # G alpha k pi
+            weight = torch.sub(s_up, s_lo).mul_(grad_out).mul_(kr).mul_(sigma)  # G alpha k pi
             grad_points = torch.zeros_like(point_gate).index_add_(0, index, weight.reshape(-1))
             grad_gates = _group_sums(grad_points, gates, ctx.runs)
         slope_up = s_up.addcmul_(s_up, s_up, value=-1)
         slope_lo = s_lo.addcmul_(s_lo, s_lo, value=-1)
         flat_c = c.reshape(-1)
         sum_up, sum_lo = flat_c.dot(slope_up.reshape(-1)), flat_c.dot(slope_lo.reshape(-1))
-        grad_x = slope_lo.sub_(slope_up).mul_(c).mul_(ratio)
+        grad_x = slope_lo.sub_(slope_up).mul_(c)
         del c, s_up, slope_up
-        flat_gx, flat_k = grad_x.reshape(-1), k.reshape(-1)
-        grad_alpha = sum_gk - flat_gx.dot(flat_k)
-        grad_alpha = grad_alpha + ratio / 2 * (sum_up + sum_lo)
-        grad_sigma = flat_gx.dot(a.reshape(-1)) - ratio * ratio * sum_lo
+        flat_gx = grad_x.reshape(-1)
+        grad_alpha = sum_gk - flat_gx.dot(kr.reshape(-1)) / ratio + (sum_up + sum_lo) / 2
+        grad_sigma = flat_gx.dot(a.reshape(-1)) - ratio * sum_lo
         grad_alpha, grad_sigma = grad_alpha.reshape(alpha.shape), grad_sigma.reshape(sigma.shape)
         return grad_x, grad_alpha, grad_sigma, grad_gates, None
 
