@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.quant import native
 from lowbit.quant.precision import float32_compute
-from lowbit.quant.ste import host_scalars, scale_gradient, straight_through
+from lowbit.quant.ste import clip_backward, host_scalars
 
 SCHEMES = ("original", "modified", "centered")
 MIN_BITS, MAX_BITS = 2, 8
@@ -75,17 +76,21 @@ class _PACT(torch.autograd.Function):
     gradients (see the module docstring).
 
     Autograd of the formula records eight elementwise ops and saves their inputs; here the
-    forward is four in-place passes after one clip, and the backward one fused ``hardtanh``
-    backward for ``x`` plus two dot products for alpha, using that ``Q(x) = alpha`` above the
-    clip: ``dalpha = (sum(g * Q) - sum(g_x * x)) / alpha`` (``lowbit.quant.ste``). On the CPU
-    the clip and its backward take alpha as a Python number (fused kernels, about six times
+    backward uses that ``Q(x) = alpha`` above the clip: ``dalpha = (sum(g * Q) - sum(g_x *
+    x)) / alpha`` (``lowbit.quant.ste.clip_backward``). On float32 CPU tensors forward and
+    backward are one fused pass each (``lowbit.quant.native``); otherwise on the CPU the clip
+    and its backward take alpha as a Python number (ATen's fused kernels, about six times
     faster there than with a tensor-valued alpha); on a GPU and under ``torch.compile`` alpha
     stays a tensor.
     """
 
     @staticmethod
     def forward(ctx, x, alpha, levels):
-        if host_scalars(x):
+        if native.usable(x):
+            clip = float(alpha)
+            step = clip / levels
+            out = native.uniform(x, native.CLIP_ROUND, step, 1.0 / step, 0.0, clip)
+        elif host_scalars(x):
             clip = float(alpha)
             step = clip / levels
             out = torch.nn.functional.hardtanh(x, 0.0, clip)
@@ -99,11 +104,11 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
-        grad_x = straight_through(grad_out, x, alpha.new_zeros(()), alpha, closed=False)
-        grad_alpha = None
-        if ctx.needs_input_grad[1]:
-            grad_alpha = scale_gradient(grad_out, grad_x, x, out) / alpha
-            grad_alpha = grad_alpha.to(alpha.dtype).reshape(())
+        grad_x, total = clip_backward(
+            grad_out, x, out, alpha.new_zeros(()), alpha, closed=False,
+            with_scale=ctx.needs_input_grad[1],
+        )
+        grad_alpha = None if total is None else (total / alpha).to(alpha.dtype).reshape(())
         return grad_x, grad_alpha, None
 
 

@@ -23,6 +23,8 @@ from fractions import Fraction
 
 import torch
 
+from lowbit.quant import native
+
 MAX_GRID_CELLS = 2**16
 
 
@@ -67,7 +69,10 @@ def project_on_grid(
     """Nearest of ``scale * levels`` by grid lookup; ``table`` from ``grid_table(levels, C)``
     already multiplied by ``scale``, ``lo`` / ``hi`` the unscaled end levels."""
     cells = table.numel() - 1
-    position = x.mul(cells / ((hi - lo) * scale))
+    multiplier = cells / ((hi - lo) * scale)
+    if native.usable(x) and table.dtype == x.dtype:
+        return native.grid_lookup(x, table, float(multiplier), lo * cells / (hi - lo))
+    position = x.mul(multiplier)
     if lo != 0:
         position.sub_(lo * cells / (hi - lo))
     position.clamp_(0, cells)

@@ -17,7 +17,7 @@ from lowbit.quant.project import (
     project_by_search,
     project_on_grid,
 )
-from lowbit.quant.ste import scale_gradient, straight_through
+from lowbit.quant.ste import clip_backward
 
 
 class _RCF(torch.autograd.Function):
@@ -46,10 +46,11 @@ class _RCF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
-        grad_x = straight_through(grad_out, x, -alpha if ctx.signed else None, alpha)
-        grad_alpha = None
-        if ctx.needs_input_grad[1]:
-            grad_alpha = (scale_gradient(grad_out, grad_x, x, out) / alpha).reshape(alpha.shape)
+        grad_x, total = clip_backward(
+            grad_out, x, out, -alpha if ctx.signed else None, alpha,
+            with_scale=ctx.needs_input_grad[1],
+        )
+        grad_alpha = None if total is None else (total / alpha).reshape(alpha.shape)
         return grad_x, grad_alpha, None, None, None, None
 
 

@@ -4,7 +4,8 @@ A quantizer ``Q(x) = s * clip(round(x / s))`` (RCF, LSQ / UniQ, PACT) hands its 
 upstream gradient inside the clipping range and zero outside (``straight_through``); its
 scale ``s`` (alpha, the step) gets ``(sum(g * Q) - sum(g_x * x)) / s`` whenever ``dQ/ds`` is
 ``(Q - x) / s`` inside the range and ``Q / s`` outside it (APoT Eq. 8, UniQ Eq. 6, PACT), so
-two dot products and no per-element temporary (``scale_gradient``).
+two dot products and no per-element temporary (``scale_gradient``). ``clip_backward`` gives
+both, in one pass with the fused CPU kernel (``lowbit.quant.native``) where it serves.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from lowbit.quant import native
 
 
 def host_scalars(x: torch.Tensor) -> bool:
@@ -73,3 +76,30 @@ def scale_gradient(
     ``grad_x = straight_through(grad, x, ...)`` (see the module docstring)."""
     flat_g, flat_gx = grad.reshape(-1), grad_x.reshape(-1)
     return flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))
+
+
+def clip_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    low: torch.Tensor | None,
+    high: torch.Tensor | None,
+    closed: bool = True,
+    with_scale: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``straight_through(grad, x, low, high, closed)`` and, with ``with_scale``, its
+    ``scale_gradient`` (else ``None``): the backward of a clipping quantizer whose output is
+    ``out``. Scalar bounds on float32 CPU tensors take one fused pass (``native``)."""
+    scalar_bounds = all(b is None or b.numel() == 1 for b in (low, high))
+    if scalar_bounds and native.usable(grad, x, out):
+        grad_x, total_out, total_x = native.clip_backward(
+            grad, x, out, _value(low, -math.inf), _value(high, math.inf), closed
+        )
+        total = torch.tensor(total_out - total_x, dtype=x.dtype) if with_scale else None
+        return grad_x, total
+    grad_x = straight_through(grad, x, low, high, closed)
+    return grad_x, scale_gradient(grad, grad_x, x, out) if with_scale else None
+
+
+def _value(bound: torch.Tensor | None, default: float) -> float:
+    return default if bound is None else float(bound.detach().reshape(()))

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.quant import native
 from lowbit.quant.init import lsq_step, mse_activation_step, mse_weight_step
 from lowbit.quant.precision import float32_compute
-from lowbit.quant.ste import scale_gradient, straight_through
+from lowbit.quant.ste import clip_backward
 
 MAX_BITS = 8
 GRIDS = ("symmetric", "signed", "unsigned")
@@ -50,13 +51,18 @@ class _LearnedStepQuantize(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, step, q_min, q_max, symmetric, grad_scale):
-        code = x / step
-        if symmetric:
-            # Sign-magnitude rounding, so Q(-x) = -Q(x) holds exactly, even at ties and at -0.
-            code.abs_().floor_().clamp_(max=q_max - 0.5).add_(0.5).copysign_(x)
+        if step.numel() == 1 and native.usable(x):  # the same arithmetic in one pass
+            mode = native.SYMMETRIC if symmetric else native.ROUND_CLAMP
+            top = q_max - 0.5 if symmetric else q_max
+            out = native.uniform(x, mode, float(step), 0.0, q_min, top)
         else:
-            code.round_().clamp_(q_min, q_max)
-        out = code.mul_(step)
+            code = x / step
+            if symmetric:
+                # Sign-magnitude rounding, so Q(-x) = -Q(x) holds exactly, even at ties and -0.
+                code.abs_().floor_().clamp_(max=q_max - 0.5).add_(0.5).copysign_(x)
+            else:
+                code.round_().clamp_(q_min, q_max)
+            out = code.mul_(step)
         ctx.q_min, ctx.q_max, ctx.grad_scale = q_min, q_max, grad_scale
         ctx.save_for_backward(x, out, step)
         return out
@@ -64,12 +70,14 @@ class _LearnedStepQuantize(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, step = ctx.saved_tensors
-        grad_x = straight_through(grad_out, x, ctx.q_min * step, ctx.q_max * step)
+        layer_wise = step.numel() == 1
+        grad_x, total = clip_backward(
+            grad_out, x, out, ctx.q_min * step, ctx.q_max * step,
+            with_scale=layer_wise and ctx.needs_input_grad[1],
+        )
         grad_step = None
         if ctx.needs_input_grad[1]:
-            if step.numel() == 1:
-                total = scale_gradient(grad_out, grad_x, x, out)
-            else:
+            if not layer_wise:
                 total = (grad_out * out - grad_x * x).sum_to_size(step.shape)
             grad_step = (total * (ctx.grad_scale / step)).reshape(step.shape)
         return grad_x, grad_step, None, None, None, None

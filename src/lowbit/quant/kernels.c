@@ -1,0 +1,153 @@
+/* Fused CPU kernels of lowbit's elementwise quantizers; lowbit/quant/native.py builds and
+ * loads this file and documents when they are used.
+ *
+ * Each kernel does, in one pass over memory, the arithmetic of an eager PyTorch formula that
+ * takes several passes (and, for the level lookup, a single-threaded gather), operation for
+ * operation in float32, so the two give the same bits: compiled with -ffp-contract=off (no
+ * fused multiply-adds) and rounding with rintf, round half to even like torch.round.
+ * Work is split in contiguous ranges over OpenMP threads; PyTorch's own OpenMP runtime runs
+ * them (its libgomp.so.1 is already loaded when this library is).
+ */
+#include <math.h>
+#include <stdint.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+/* gcc builds each kernel for AVX2 and for the baseline and picks one at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define VECTORIZED __attribute__((target_clones("avx2", "default")))
+#else
+#define VECTORIZED
+#endif
+
+/* Below this many elements a kernel runs on the calling thread: waking the pool costs more. */
+#define PARALLEL_MIN 32768
+/* Elements per block of the level lookup: positions first, then the gather, both vectorized. */
+#define BLOCK 2048
+
+enum { ROUND_CLAMP = 0, SYMMETRIC = 1, CLIP_ROUND = 2 };
+
+/* This thread's share of [0, n): equal ranges, multiples of 16 elements (whole cache lines). */
+static void thread_range(int64_t n, int64_t *begin, int64_t *end) {
+#ifdef _OPENMP
+    int64_t thread = omp_get_thread_num(), threads = omp_get_num_threads();
+#else
+    int64_t thread = 0, threads = 1;
+#endif
+    int64_t per = ((n + threads - 1) / threads + 15) / 16 * 16;
+    *begin = thread * per < n ? thread * per : n;
+    *end = *begin + per < n ? *begin + per : n;
+}
+
+/* out = table[int(clamp(x * scale - offset, 0, cells))]; NaN stays NaN. */
+VECTORIZED static void grid_lookup_range(const float *restrict x, float *restrict out, int64_t n,
+                                         const float *restrict table, float cells, float scale,
+                                         float offset) {
+    int32_t cell[BLOCK];
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        int64_t count = n - start < BLOCK ? n - start : BLOCK;
+        const float *xs = x + start;
+        float *outs = out + start;
+        for (int64_t i = 0; i < count; ++i) {
+            float position = xs[i] * scale - offset;
+            position = position > 0.f ? position : 0.f;
+            position = position < cells ? position : cells;
+            cell[i] = (int32_t)position;
+        }
+        for (int64_t i = 0; i < count; ++i) {
+            float level = table[cell[i]];
+            outs[i] = xs[i] == xs[i] ? level : xs[i];
+        }
+    }
+}
+
+void lowbit_grid_lookup(const float *x, float *out, int64_t n, const float *table, int64_t cells,
+                        float scale, float offset, int threads) {
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN)
+    {
+        int64_t begin, end;
+        thread_range(n, &begin, &end);
+        grid_lookup_range(x + begin, out + begin, end - begin, table, (float)cells, scale, offset);
+    }
+}
+
+/* ROUND_CLAMP: step * clamp(rint(x / step), q_min, q_max).
+ * SYMMETRIC: step * copysign(min(floor(|x / step|), q_max - 1/2) + 1/2, x); `top` = q_max - 1/2.
+ * CLIP_ROUND: rint(clamp(x, 0, top) * inverse) * step (PACT; `inverse` = 1 / step). */
+VECTORIZED static void uniform_range(const float *restrict x, float *restrict out, int64_t n,
+                                     int mode, float step, float inverse, float q_min,
+                                     float top) {
+    if (mode == ROUND_CLAMP) {
+        for (int64_t i = 0; i < n; ++i) {
+            float code = rintf(x[i] / step);
+            code = code < q_min ? q_min : code;
+            code = code > top ? top : code;
+            out[i] = code * step;
+        }
+    } else if (mode == SYMMETRIC) {
+        for (int64_t i = 0; i < n; ++i) {
+            float code = floorf(fabsf(x[i] / step));
+            code = code > top ? top : code;
+            out[i] = copysignf(code + 0.5f, x[i]) * step;
+        }
+    } else {
+        for (int64_t i = 0; i < n; ++i) {
+            float clipped = x[i] < 0.f ? 0.f : x[i];
+            clipped = clipped > top ? top : clipped;
+            out[i] = rintf(clipped * inverse) * step;
+        }
+    }
+}
+
+void lowbit_uniform(const float *x, float *out, int64_t n, int mode, float step, float inverse,
+                    float q_min, float top, int threads) {
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN)
+    {
+        int64_t begin, end;
+        thread_range(n, &begin, &end);
+        uniform_range(x + begin, out + begin, end - begin, mode, step, inverse, q_min, top);
+    }
+}
+
+/* grad_x = grad outside [low, high] zeroed, as hardtanh's backward does (a NaN x keeps its
+ * gradient); sums += (sum(grad * out), sum(grad_x * x)). Partial sums are float over 1024
+ * elements (vectorized), then double. */
+VECTORIZED static void clip_backward_range(const float *restrict grad, const float *restrict x,
+                                           const float *restrict out, float *restrict grad_x,
+                                           int64_t n, float low, float high, double *sums) {
+    double total_out = 0, total_x = 0;
+    for (int64_t start = 0; start < n; start += 1024) {
+        int64_t stop = n - start < 1024 ? n : start + 1024;
+        float part_out = 0.f, part_x = 0.f;
+#pragma omp simd reduction(+ : part_out, part_x)
+        for (int64_t i = start; i < stop; ++i) {
+            float xi = x[i];
+            float passed = (xi < low) | (xi > high) ? 0.f : grad[i];
+            grad_x[i] = passed;
+            part_out += grad[i] * out[i];
+            part_x += passed * xi;
+        }
+        total_out += part_out;
+        total_x += part_x;
+    }
+    sums[0] += total_out;
+    sums[1] += total_x;
+}
+
+void lowbit_clip_backward(const float *grad, const float *x, const float *out, float *grad_x,
+                          int64_t n, float low, float high, double *sums, int threads) {
+    double total_out = 0, total_x = 0;
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : total_out, total_x)
+    {
+        int64_t begin, end;
+        double part[2] = {0, 0};
+        thread_range(n, &begin, &end);
+        clip_backward_range(grad + begin, x + begin, out + begin, grad_x + begin, end - begin,
+                            low, high, part);
+        total_out += part[0];
+        total_x += part[1];
+    }
+    sums[0] = total_out;
+    sums[1] = total_x;
+}

@@ -1,0 +1,190 @@
+"""Fused CPU kernels for the elementwise quantizers, compiled from ``kernels.c`` on first use.
+
+On the CPU an eager quantizer costs several passes over memory: APoT's level lookup is a
+multiply, a clamp, a conversion and ``index_select`` (which runs on one thread), and every
+clipping quantizer's backward is a masked copy and two dot products. The kernels in
+``kernels.c`` do each of these in one pass on every thread, with the same float32
+arithmetic, so they return the same bits (sums of the scale gradients are accumulated in
+double, so those differ from the eager dot products in the last bits).
+
+The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``,
+``gcc`` or ``clang``; about a second) into ``$LOWBIT_CACHE_DIR`` (default
+``~/.cache/lowbit``) and loaded with ctypes. Without a compiler, or with ``LOWBIT_NATIVE=0``,
+the quantizers run their eager PyTorch formulas: the same results, slower. The kernels serve
+float32 CPU tensors outside ``torch.compile`` (which fuses the eager formulas itself); GPUs
+and other dtypes always take the eager path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
+OPENMP = ("-fopenmp",)
+# Modes of ``uniform`` (kernels.c).
+ROUND_CLAMP, SYMMETRIC, CLIP_ROUND = 0, 1, 2
+
+_pointer, _size, _float, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_doubles = ctypes.POINTER(ctypes.c_double)
+_SIGNATURES = {
+    "lowbit_grid_lookup": [_pointer, _pointer, _size, _pointer, _size, _float, _float, _int],
+    "lowbit_uniform": [_pointer, _pointer, _size, _int, _float, _float, _float, _float, _int],
+    "lowbit_clip_backward": [
+        _pointer, _pointer, _pointer, _pointer, _size, _float, _float, _doubles, _int
+    ],
+}
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def _cache_dir() -> Path:
+    if os.environ.get("LOWBIT_CACHE_DIR"):
+        return Path(os.environ["LOWBIT_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "lowbit"
+
+
+def _build(compiler: str) -> Path:
+    """Path of the compiled library, building it unless this exact build is cached."""
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join(
+            [source, compiler.encode(), platform.machine().encode(), sys.platform.encode()]
+        )
+    ).hexdigest()[:16]
+    directory = _cache_dir()
+    target = directory / f"kernels-{key}.so"
+    if target.exists():
+        return target
+    directory.mkdir(parents=True, exist_ok=True)
+    # Built under a temporary name, then renamed: processes building at once (torchrun ranks)
+    # never load a half-written file.
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=directory)
+    os.close(handle)
+    try:
+        errors = ""
+        for extra in (OPENMP, ()):  # without OpenMP (e.g. Apple clang) the kernels use one thread
+            command = [compiler, *FLAGS, *extra, str(SOURCE), "-o", partial]
+            result = subprocess.run(command, capture_output=True, text=True)
+            if result.returncode == 0:
+                os.replace(partial, target)
+                return target
+            errors += result.stderr
+        raise OSError(errors.strip() or f"{compiler} failed")
+    finally:
+        if os.path.exists(partial):
+            os.remove(partial)
+
+
+@functools.cache
+def library() -> ctypes.CDLL | None:
+    """The loaded kernels, or ``None`` (disabled, no compiler, or the build failed: warned)."""
+    if os.environ.get("LOWBIT_NATIVE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        warnings.warn(
+            "lowbit: no C compiler found (set CC), so quantizers run as plain PyTorch ops "
+            "on the CPU: same results, slower training; LOWBIT_NATIVE=0 silences this",
+            stacklevel=2,
+        )
+        return None
+    try:
+        lib = ctypes.CDLL(str(_build(compiler)))
+    except OSError as error:
+        warnings.warn(
+            f"lowbit: building the CPU kernels failed, quantizers run as plain PyTorch ops "
+            f"(same results, slower); LOWBIT_NATIVE=0 silences this. {error}",
+            stacklevel=2,
+        )
+        return None
+    for name, arguments in _SIGNATURES.items():
+        getattr(lib, name).argtypes = arguments
+        getattr(lib, name).restype = None
+    return lib
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can serve these tensors: float32 on the CPU, outside
+    ``torch.compile``, all laid out alike in one dense block (contiguous or channels-last),
+    and the library loaded."""
+    first = tensors[0]
+    if first.device.type != "cpu" or torch.compiler.is_compiling():
+        return False
+    for tensor in tensors:
+        if (
+            tensor.dtype != torch.float32
+            or tensor.device.type != "cpu"
+            or tensor.shape != first.shape
+            or tensor.stride() != first.stride()
+            or not _dense(tensor)
+        ):
+            return False
+    return library() is not None
+
+
+def _dense(tensor: torch.Tensor) -> bool:
+    return tensor.is_contiguous() or (
+        tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+    )
+
+
+def grid_lookup(x: torch.Tensor, table: torch.Tensor, scale: float, offset: float) -> torch.Tensor:
+    """``table[int(clamp(x * scale - offset, 0, len(table) - 1))]`` (NaN stays NaN);
+    ``table`` a contiguous float32 tensor, ``scale`` and ``offset`` float32 values."""
+    out = torch.empty_like(x)
+    table = table.contiguous()
+    library().lowbit_grid_lookup(
+        x.data_ptr(), out.data_ptr(), x.numel(), table.data_ptr(), table.numel() - 1,
+        scale, offset, torch.get_num_threads(),
+    )
+    return out
+
+
+def uniform(
+    x: torch.Tensor, mode: int, step: float, inverse: float, q_min: float, top: float
+) -> torch.Tensor:
+    """One of the uniform roundings of ``kernels.c`` (``ROUND_CLAMP``, ``SYMMETRIC``,
+    ``CLIP_ROUND``) with float32 ``step`` (and ``inverse = 1/step`` for ``CLIP_ROUND``)."""
+    out = torch.empty_like(x)
+    library().lowbit_uniform(
+        x.data_ptr(), out.data_ptr(), x.numel(), mode, step, inverse, q_min, top,
+        torch.get_num_threads(),
+    )
+    return out
+
+
+def clip_backward(
+    grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor, low: float, high: float, closed: bool
+) -> tuple[torch.Tensor, float, float]:
+    """``grad`` zeroed outside ``[low, high]`` (``(low, high)`` if not ``closed``), with
+    ``sum(grad * out)`` and ``sum(grad_x * x)`` from the same pass."""
+    bounds = np.array([low, high], dtype=np.float32)
+    if not closed:  # the open range is the closed one between the next floats inside it
+        bounds = np.nextafter(bounds, bounds[::-1])
+    grad_x = torch.empty_like(x)
+    sums = (ctypes.c_double * 2)()
+    library().lowbit_clip_backward(
+        grad.data_ptr(), x.data_ptr(), out.data_ptr(), grad_x.data_ptr(), x.numel(),
+        bounds[0], bounds[1], sums, torch.get_num_threads(),
+    )
+    return grad_x, sums[0], sums[1]

@@ -1,0 +1,198 @@
+"""The fused CPU kernels (lowbit.quant.native) give the eager formulas' results."""
+
+import math
+import warnings
+
+import pytest
+import torch
+
+from lowbit.quant import native
+from lowbit.quant.dorefa import pact_quantize
+from lowbit.quant.levels import levels
+from lowbit.quant.project import grid_cells, grid_table, project_on_grid
+from lowbit.quant.rcf import rcf_quantize
+from lowbit.quant.ste import clip_backward
+from lowbit.quant.uniform import learned_step_quantize
+
+pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler here")
+
+
+@pytest.fixture
+def kernel_path():
+    """Overrides the suite's two-path fixture: these tests switch paths themselves."""
+
+
+def both_paths(monkeypatch, fn):
+    """``fn()`` on the kernels, then on the eager formulas."""
+    fused = fn()
+    with monkeypatch.context() as patch:
+        patch.setattr(native, "usable", lambda *tensors: False)
+        eager = fn()
+    return fused, eager
+
+
+def awkward(n=300_000, scale=2.0, seed=0):
+    """Values all over the range, exact cell edges and ties, zeros of both signs, big values."""
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, generator=generator) * scale
+    edges = torch.arange(-400, 401, dtype=torch.float32) / 64  # dyadic: exact grid points
+    special = torch.tensor([0.0, -0.0, 1e30, -1e30, math.inf, -math.inf, 1e-30])
+    return torch.cat([x, edges, special])
+
+
+@pytest.mark.parametrize("level_set,bits,signed", [
+    ("apot", 2, False), ("apot", 4, False), ("apot", 3, True), ("apot", 4, True),
+    ("uniform", 4, False), ("pot", 4, True),
+])
+@pytest.mark.parametrize("alpha", [1.0, 0.7391])
+def test_grid_lookup_equals_eager_bitwise(monkeypatch, level_set, bits, signed, alpha):
+    grid = levels(level_set, bits, signed)
+    table = grid_table(grid, grid_cells(grid)).float()
+    alpha = torch.tensor(alpha)
+    x = awkward()
+    lo = -1.0 if signed else 0.0
+    fused, eager = both_paths(
+        monkeypatch, lambda: project_on_grid(x, table * alpha, lo, 1.0, alpha)
+    )
+    assert torch.equal(fused, eager)
+
+
+def test_grid_lookup_keeps_nan():
+    grid = levels("apot", 4, False)
+    table = grid_table(grid, grid_cells(grid)).float()
+    out = project_on_grid(torch.tensor([0.3, math.nan, 5.0]), table, 0.0, 1.0)
+    assert out[0] == project_on_grid(torch.tensor([0.3]), table, 0.0, 1.0)[0]
+    assert math.isnan(out[1]) and out[2] == 1.0
+
+
+@pytest.mark.parametrize("symmetric,q_min,q_max", [
+    (False, 0.0, 15.0), (False, -8.0, 7.0), (True, -7.5, 7.5), (True, -0.5, 0.5)
+])
+def test_learned_step_forward_and_backward_equal_eager(monkeypatch, symmetric, q_min, q_max):
+    x0 = awkward(scale=1.0)[:-3]  # finite inputs only
+    grad = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    step0 = torch.tensor(0.125)  # a power of two: every tie is exact
+
+    def run():
+        x, step = x0.clone().requires_grad_(), step0.clone().requires_grad_()
+        out = learned_step_quantize(x, step, q_min, q_max, symmetric, grad_scale=0.5)
+        out.backward(grad)
+        return out.detach(), x.grad, step.grad
+
+    (out_f, gx_f, gs_f), (out_e, gx_e, gs_e) = both_paths(monkeypatch, run)
+    assert torch.equal(out_f, out_e) and torch.equal(gx_f, gx_e)
+    torch.testing.assert_close(gs_f, gs_e, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_pact_forward_and_backward_equal_eager(monkeypatch, bits):
+    x0 = torch.cat([awkward(scale=3.0)[:-3], torch.tensor([0.0, 1.5, 3.0])])
+    grad = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+
+    def run():
+        x, alpha = x0.clone().requires_grad_(), torch.tensor(3.0, requires_grad=True)
+        out = pact_quantize(x, alpha, bits)
+        out.backward(grad)
+        return out.detach(), x.grad, alpha.grad
+
+    (out_f, gx_f, ga_f), (out_e, gx_e, ga_e) = both_paths(monkeypatch, run)
+    assert torch.equal(out_f, out_e) and torch.equal(gx_f, gx_e)
+    assert gx_f[-3] == 0 and gx_f[-1] == 0  # PACT's range is open at both ends
+    torch.testing.assert_close(ga_f, ga_e, rtol=1e-4, atol=1e-3)
+
+
+@pytest.mark.parametrize("closed", [True, False])
+def test_clip_backward_sums_in_double(closed):
+    """The sums are the float64 dot products up to float32 rounding of the products."""
+    generator = torch.Generator().manual_seed(2)
+    grad, x, out = (torch.randn(1_000_003, generator=generator) for _ in range(3))
+    low, high = torch.tensor(-0.5), torch.tensor(0.75)
+    grad_x, total = clip_backward(grad, x, out, low, high, closed)
+    inside = (x >= low) & (x <= high) if closed else (x > low) & (x < high)
+    assert torch.equal(grad_x, torch.where(inside, grad, 0.0))
+    expected = grad.double().dot(out.double()) - grad_x.double().dot(x.double())
+    assert float(total) == pytest.approx(float(expected), rel=1e-6, abs=1e-3)
+
+
+def test_channels_last_and_mixed_layouts(monkeypatch):
+    """Channels-last tensors take the kernels; a gradient laid out differently falls back."""
+    x0 = torch.randn(8, 16, 10, 10).relu_().to(memory_format=torch.channels_last)
+    alpha = torch.tensor(1.3)
+    grid = levels("apot", 4, False)
+    table = grid_table(grid, grid_cells(grid)).float()
+    for grad in (torch.randn_like(x0), torch.randn(8, 16, 10, 10)):  # same layout, contiguous
+
+        def run(grad=grad):
+            x = x0.clone().requires_grad_()
+            out = rcf_quantize(x, alpha, grid.float(), signed=False, table=table)
+            out.backward(grad)
+            return out.detach(), x.grad
+
+        (out_f, gx_f), (out_e, gx_e) = both_paths(monkeypatch, run)
+        assert torch.equal(out_f, out_e) and torch.equal(gx_f, gx_e)
+        assert out_f.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_thread_count_does_not_change_results():
+    x = awkward()[:-3]
+    grid = levels("apot", 3, True)
+    table = grid_table(grid, grid_cells(grid)).float()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = project_on_grid(x, table, -1.0, 1.0)
+        torch.set_num_threads(2)
+        two = project_on_grid(x, table, -1.0, 1.0)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one, two)
+
+
+def test_not_usable_for_other_dtypes_devices_and_shapes():
+    x = torch.randn(10)
+    assert native.usable(x, torch.randn(10))
+    assert not native.usable(x.double())
+    assert not native.usable(x.half())
+    assert not native.usable(x, torch.randn(11))
+    assert not native.usable(torch.randn(10, 2)[:, 0])  # strided view
+
+
+def test_build_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))
+    compiler = native._compiler()
+    first = native._build(compiler)
+    stamp = first.stat().st_mtime_ns
+    assert native._build(compiler) == first and first.stat().st_mtime_ns == stamp
+    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left
+
+
+def test_disabled_or_no_compiler_falls_back(monkeypatch):
+    native.library.cache_clear()
+    try:
+        monkeypatch.setenv("LOWBIT_NATIVE", "0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert native.library() is None
+        native.library.cache_clear()
+        monkeypatch.setenv("LOWBIT_NATIVE", "1")
+        monkeypatch.setattr(native, "_compiler", lambda: None)
+        with pytest.warns(UserWarning, match="no C compiler"):
+            assert native.library() is None
+        assert not native.usable(torch.randn(3))
+        x = torch.randn(5)  # the quantizers still work, on the eager formulas
+        assert learned_step_quantize(x, torch.tensor(0.5), 0.0, 3.0).shape == x.shape
+    finally:
+        native.library.cache_clear()
+
+
+def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
+    native.library.cache_clear()
+    try:
+        monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))
+        monkeypatch.setattr(native, "SOURCE", tmp_path / "broken.c")
+        (tmp_path / "broken.c").write_text("this is not C\n")
+        with pytest.warns(UserWarning, match="building the CPU kernels failed"):
+            assert native.library() is None
+        assert not list(tmp_path.glob("*.so"))
+    finally:
+        native.library.cache_clear()
