@@ -196,3 +196,33 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
         assert not list(tmp_path.glob("*.so"))
     finally:
         native.library.cache_clear()
+
+
+@pytest.mark.parametrize("bits,signed", [(2, True), (4, True), (4, False), (8, False), (8, True)])
+def test_srq_forward_bitwise_backward_at_least_as_precise_as_eager(monkeypatch, bits, signed):
+    """Forward: the eager rounding's bits (the 8-bit unsigned grid keeps k in 16 bits, the
+    others in 8). Backward: no further from a float64 evaluation than the eager float32
+    (the kernel takes the cancelling terms of A in double and the logistic density from one
+    exp, where the eager formulas lose bits)."""
+    from lowbit.quant.relaxed import grid_bounds, semi_relaxed_quantize
+
+    lo, hi = grid_bounds(bits, signed)
+    generator = torch.Generator().manual_seed(3)
+    x0 = torch.randn(200_000, generator=generator) * (hi - lo) / 6 * 0.1
+    x0 = torch.cat([x0, torch.arange(lo - 2, hi + 2, 0.5) * 0.1])  # ties
+    grad = torch.randn(x0.shape, generator=generator)
+    alpha0, sigma0 = torch.tensor(0.1), torch.tensor(0.04)
+
+    def run(dtype=torch.float32):
+        x, alpha, sigma = (t.to(dtype).clone().requires_grad_() for t in (x0, alpha0, sigma0))
+        out = semi_relaxed_quantize(x, alpha, sigma, [(lo, hi, -1)])
+        out.backward(grad.to(dtype))
+        return [t.double() for t in (out.detach(), x.grad, alpha.grad, sigma.grad)]
+
+    fused, eager = both_paths(monkeypatch, run)
+    exact = run(torch.float64)
+    assert torch.equal(fused[0], eager[0])
+    for f, e, reference in zip(fused[1:], eager[1:], exact[1:]):
+        # Up to float32 summation noise (1e-5 of the largest value) on the scale gradients.
+        noise = 1e-5 * reference.abs().max()
+        assert (f - reference).abs().max() <= 1.01 * (e - reference).abs().max() + noise

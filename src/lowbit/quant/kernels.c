@@ -151,3 +151,115 @@ void lowbit_clip_backward(const float *grad, const float *x, const float *out, f
     sums[0] = total_out;
     sums[1] = total_x;
 }
+
+/* exp(v) to about 2 ulp in a form compilers vectorize (Cephes' expf: Cody-Waite reduction
+ * by ln 2, degree-6 polynomial, exponent bits set directly); v is clamped to the range where
+ * the result is a normal float. */
+static inline float exp_poly(float v) {
+    v = v < -87.3f ? -87.3f : v;
+    v = v > 88.3f ? 88.3f : v;
+    float n = rintf(v * 1.44269504088896341f);
+    float r = v - n * 0.693359375f;
+    r = r - n * -2.12194440e-4f;
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t bits; float value; } scale = {((int32_t)n + 127) << 23};
+    return p * scale.value;
+}
+
+/* The logistic density S'(v) = S(v) (1 - S(v)) as e^-|v| / (1 + e^-|v|)^2, which keeps its
+ * relative precision in both tails (S - S^2 cancels there). */
+static inline float logistic_slope(float v) {
+    float t = exp_poly(-fabsf(v));
+    return t / ((1.0f + t) * (1.0f + t));
+}
+
+/* SRQ without masks, forward: k = clamp(floor(x / alpha + 1/2), lo, hi), out = alpha k,
+ * k also stored as 8- or 16-bit integers (`wide`) for the backward. */
+VECTORIZED static void srq_round_range(const float *restrict x, float *restrict out,
+                                       void *restrict k, int wide, int64_t n, float alpha,
+                                       float lo, float hi) {
+    float grid[BLOCK];
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        int64_t count = n - start < BLOCK ? n - start : BLOCK;
+        for (int64_t i = 0; i < count; ++i) {
+            float point = floorf(x[start + i] / alpha + 0.5f);
+            point = point < lo ? lo : point;
+            point = point > hi ? hi : point;
+            out[start + i] = point * alpha;
+            grid[i] = point == point ? point : 0.f;
+        }
+        if (wide)
+            for (int64_t i = 0; i < count; ++i) ((int16_t *)k)[start + i] = (int16_t)grid[i];
+        else
+            for (int64_t i = 0; i < count; ++i) ((int8_t *)k)[start + i] = (int8_t)grid[i];
+    }
+}
+
+void lowbit_srq_round(const float *x, float *out, void *k, int wide, int64_t n, float alpha,
+                      float lo, float hi, int threads) {
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN)
+    {
+        int64_t begin, end;
+        thread_range(n, &begin, &end);
+        char *k_at = (char *)k + begin * (wide ? 2 : 1);
+        srq_round_range(x + begin, out + begin, k_at, wide, end - begin, alpha, lo, hi);
+    }
+}
+
+/* SRQ without masks, backward (relaxed.py, _SemiRelaxed.backward, has the derivation): with
+ * r = alpha / sigma, kr = k r, c = grad kr, A = kr - x / sigma + r / 2 (the first two terms
+ * cancel, so they are taken in double) and S' the density:
+ * grad_x = c (S'(A - r) - S'(A)), and sums += (c, c S'(A), c S'(A - r), grad_x kr, grad_x A). */
+VECTORIZED static void srq_backward_range(const float *restrict grad, const float *restrict x,
+                                          const void *restrict k, int wide,
+                                          float *restrict grad_x, int64_t n, float alpha,
+                                          float ratio, float inverse_sigma, double *sums) {
+    float grid[BLOCK];
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        int64_t count = n - start < BLOCK ? n - start : BLOCK;
+        if (wide)
+            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int16_t *)k)[start + i];
+        else
+            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int8_t *)k)[start + i];
+        float c_sum = 0, up_sum = 0, lo_sum = 0, kr_sum = 0, a_sum = 0;
+#pragma omp simd reduction(+ : c_sum, up_sum, lo_sum, kr_sum, a_sum)
+        for (int64_t i = 0; i < count; ++i) {
+            float kr = grid[i] * ratio;
+            float c = grad[start + i] * kr;
+            float a = (float)((double)kr - (double)x[start + i] * inverse_sigma) + ratio / 2;
+            float slope_up = logistic_slope(a), slope_lo = logistic_slope(a - ratio);
+            float gx = (slope_lo - slope_up) * c;
+            grad_x[start + i] = gx;
+            c_sum += c;
+            up_sum += c * slope_up;
+            lo_sum += c * slope_lo;
+            kr_sum += gx * kr;
+            a_sum += gx * a;
+        }
+        sums[0] += c_sum, sums[1] += up_sum, sums[2] += lo_sum, sums[3] += kr_sum;
+        sums[4] += a_sum;
+    }
+}
+
+void lowbit_srq_backward(const float *grad, const float *x, const void *k, int wide,
+                         float *grad_x, int64_t n, float alpha, float ratio,
+                         float inverse_sigma, double *sums, int threads) {
+    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : s0, s1, s2, s3, s4)
+    {
+        int64_t begin, end;
+        double part[5] = {0, 0, 0, 0, 0};
+        thread_range(n, &begin, &end);
+        const char *k_at = (const char *)k + begin * (wide ? 2 : 1);
+        srq_backward_range(grad + begin, x + begin, k_at, wide, grad_x + begin, end - begin,
+                           alpha, ratio, inverse_sigma, part);
+        s0 += part[0], s1 += part[1], s2 += part[2], s3 += part[3], s4 += part[4];
+    }
+    sums[0] = s0, sums[1] = s1, sums[2] = s2, sums[3] = s3, sums[4] = s4;
+}

@@ -1,11 +1,13 @@
 """Fused CPU kernels for the elementwise quantizers, compiled from ``kernels.c`` on first use.
 
 On the CPU an eager quantizer costs several passes over memory: APoT's level lookup is a
-multiply, a clamp, a conversion and ``index_select`` (which runs on one thread), and every
-clipping quantizer's backward is a masked copy and two dot products. The kernels in
+multiply, a clamp, a conversion and ``index_select`` (which runs on one thread), every
+clipping quantizer's backward is a masked copy and two dot products, and SRQ's backward a
+dozen passes around two sigmoids. The kernels in
 ``kernels.c`` do each of these in one pass on every thread, with the same float32
 arithmetic, so they return the same bits (sums of the scale gradients are accumulated in
-double, so those differ from the eager dot products in the last bits).
+double, so those differ from the eager dot products in the last bits; SRQ's backward
+computes the logistic density from one exp, more precisely than the eager ``S - S^2``).
 
 The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``; about a second) into ``$LOWBIT_CACHE_DIR`` (default
@@ -33,7 +35,7 @@ import numpy as np
 import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno")
+FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
 OPENMP = ("-fopenmp",)
 # Modes of ``uniform`` (kernels.c).
 ROUND_CLAMP, SYMMETRIC, CLIP_ROUND = 0, 1, 2
@@ -43,6 +45,11 @@ _doubles = ctypes.POINTER(ctypes.c_double)
 _SIGNATURES = {
     "lowbit_grid_lookup": [_pointer, _pointer, _size, _pointer, _size, _float, _float, _int],
     "lowbit_uniform": [_pointer, _pointer, _size, _int, _float, _float, _float, _float, _int],
+    "lowbit_srq_round": [_pointer, _pointer, _pointer, _int, _size, _float, _float, _float, _int],
+    "lowbit_srq_backward": [
+        _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float, _doubles,
+        _int,
+    ],
     "lowbit_clip_backward": [
         _pointer, _pointer, _pointer, _pointer, _size, _float, _float, _doubles, _int
     ],
@@ -188,3 +195,38 @@ def clip_backward(
         bounds[0], bounds[1], sums, torch.get_num_threads(),
     )
     return grad_x, sums[0], sums[1]
+
+
+def srq_round(
+    x: torch.Tensor, alpha: float, lo: int, hi: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SRQ's forward without masks: ``alpha * k`` with ``k = clamp(floor(x / alpha + 1/2),
+    lo, hi)``, and ``k`` as int8 (int16 when the grid needs it)."""
+    wide = not (lo >= -128 and hi <= 127)
+    out = torch.empty_like(x)
+    k = torch.empty_like(x, dtype=torch.int16 if wide else torch.int8)
+    library().lowbit_srq_round(
+        x.data_ptr(), out.data_ptr(), k.data_ptr(), int(wide), x.numel(), alpha, lo, hi,
+        torch.get_num_threads(),
+    )
+    return out, k
+
+
+def srq_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    k: torch.Tensor,
+    alpha: float,
+    ratio: float,
+    inverse_sigma: float,
+) -> tuple[torch.Tensor, list[float]]:
+    """``grad_x`` of SRQ without masks and the sums ``(c, c S'(A), c S'(A - r), grad_x kr,
+    grad_x A)`` of ``kernels.c`` for the alpha and sigma gradients."""
+    grad_x = torch.empty_like(x)
+    sums = (ctypes.c_double * 5)()
+    library().lowbit_srq_backward(
+        grad.data_ptr(), x.data_ptr(), k.data_ptr(), int(k.dtype == torch.int16),
+        grad_x.data_ptr(), x.numel(), alpha, ratio, inverse_sigma, sums,
+        torch.get_num_threads(),
+    )
+    return grad_x, list(sums)

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.quant import native
 from lowbit.quant.dropbits import NO_MASK, DropBitsMasks, Run, mask_runs
 from lowbit.quant.init import lsq_step
 from lowbit.quant.precision import float32_compute
@@ -150,18 +151,33 @@ class _SemiRelaxed(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, sigma, gates, runs):
-        log_gates = None if gates is None else gates.log()
-        k = srq_argmax(x, alpha, sigma, runs, log_gates)
-        out = k * alpha
         lo, hi = runs[0][0], runs[-1][1]
-        small = lo >= -128 and hi <= 127
+        if gates is None and native.usable(x):  # the same rounding in one pass
+            out, k_int = native.srq_round(x, float(alpha), lo, hi)
+        else:
+            log_gates = None if gates is None else gates.log()
+            k = srq_argmax(x, alpha, sigma, runs, log_gates)
+            out = k * alpha
+            k_int = k.to(torch.int8 if lo >= -128 and hi <= 127 else torch.int16)
         ctx.runs = runs
-        ctx.save_for_backward(x, k.to(torch.int8 if small else torch.int16), alpha, sigma, gates)
+        ctx.save_for_backward(x, k_int, alpha, sigma, gates)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, k_int, alpha, sigma, gates = ctx.saved_tensors
+        if gates is None and native.usable(grad_out, x):  # the sums below in one pass
+            ratio = float(alpha / sigma)
+            grad_x, sums = native.srq_backward(
+                grad_out, x, k_int, float(alpha), ratio, float(1 / sigma)
+            )
+            c, c_up, c_lo, gx_kr, gx_a = sums
+            grad_alpha = c / ratio - gx_kr / ratio + (c_up + c_lo) / 2
+            grad_sigma = gx_a - ratio * c_lo
+            return (
+                grad_x, alpha.new_tensor(grad_alpha).reshape(alpha.shape),
+                sigma.new_tensor(grad_sigma).reshape(sigma.shape), None, None,
+            )
         # With A = (alpha (k + 1/2) - x)/sigma, B = A - alpha/sigma and S' = S (1 - S):
         # dpi/dx = (S'(B) - S'(A))/sigma, dpi/dalpha = (S'(A)(k + 1/2) - S'(B)(k - 1/2))/sigma,
         # dpi/dsigma = (S'(B) B - S'(A) A)/sigma. With r = alpha/sigma and c = G k Z r (Z the
