@@ -6,7 +6,8 @@ builds it (8-bit first and last layers). Both models are built in the same proce
 their passes timed interleaved (float, quantized, float, ...), so a change in machine load
 hits both; the figure is the median of the per-pair ratios. A quantized layer quantizes its
 weight once per evaluation (``lowbit.nn.layers``), so what remains is the activations'
-quantization.
+quantization. Like the ``lowbit`` command, the process keeps freed memory for reuse
+(``lowbit.allocator``), which spares both sides the page faults of their large batches.
 
     python bench/eval_speed.py [--method apot --bits 4] [--repeats 7]
 """
@@ -21,6 +22,7 @@ import time
 import torch
 
 import lowbit
+from lowbit.allocator import reuse_freed_memory
 from lowbit.models import build_model
 from lowbit.train.loop import evaluate
 
@@ -43,6 +45,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
+    reuse_freed_memory()  # as the lowbit command does, for both sides
 
     generator = torch.Generator().manual_seed(0)
     images = torch.randn(IMAGES, *SHAPE, generator=generator).to(args.device)

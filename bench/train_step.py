@@ -7,7 +7,8 @@ is forward, loss, backward and optimizer step. Models are quantized as users qua
 Every configuration and the float model are built in the same process and timed
 interleaved, each configuration's step right after a float step (float, A, float, B, ...),
 so that a change in machine load hits both sides of a ratio; each figure is the median of
-the per-pair ratios ``time(config step) / time(float step)``.
+the per-pair ratios ``time(config step) / time(float step)``. Like the ``lowbit`` command,
+the process keeps freed memory for reuse (``lowbit.allocator``).
 
 A configuration is ``METHOD:BITS``: one bit-width (``apot:4``) or, for a method that can
 switch, a bit-width set trained jointly (``coquant:8,6,4,2``: CoQuant Algorithm 1 with dynamic
@@ -31,6 +32,7 @@ import torch.nn.functional as F
 
 import lowbit
 from lowbit.adaptive import AdaptiveSettings, JointObjective, make_adaptive
+from lowbit.allocator import reuse_freed_memory
 from lowbit.models import build_model
 from lowbit.quant.registry import available_methods, get_method
 
@@ -111,6 +113,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, help="CPU threads (default: PyTorch's)")
     args = parser.parse_args()
+    reuse_freed_memory()  # as the lowbit command does, for both sides
     if args.threads:
         torch.set_num_threads(args.threads)
     configs = args.config or default_configs()

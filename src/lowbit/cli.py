@@ -12,6 +12,7 @@ import json
 import sys
 from collections.abc import Sequence
 
+from lowbit.allocator import reuse_freed_memory
 from lowbit.errors import LowbitError
 
 
@@ -375,6 +376,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.options = extra
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    reuse_freed_memory()
     try:
         return args.handler(args)
     except LowbitError as error:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -159,10 +160,11 @@ def grid_lookup(x: torch.Tensor, table: torch.Tensor, scale: float, offset: floa
     """``table[int(clamp(x * scale - offset, 0, len(table) - 1))]`` (NaN stays NaN);
     ``table`` a contiguous float32 tensor, ``scale`` and ``offset`` float32 values."""
     out = torch.empty_like(x)
-    table = table.contiguous()
+    cells = table.numel() - 1
+    table = torch.cat([table, table.new_full((1,), math.nan)])  # the entry NaN inputs read
     library().lowbit_grid_lookup(
-        x.data_ptr(), out.data_ptr(), x.numel(), table.data_ptr(), table.numel() - 1,
-        scale, offset, torch.get_num_threads(),
+        x.data_ptr(), out.data_ptr(), x.numel(), table.data_ptr(), cells, scale, offset,
+        torch.get_num_threads(),
     )
     return out
 
