@@ -107,7 +107,7 @@ def test_clip_backward_sums_in_double(closed):
     generator = torch.Generator().manual_seed(2)
     grad, x, out = (torch.randn(1_000_003, generator=generator) for _ in range(3))
     low, high = torch.tensor(-0.5), torch.tensor(0.75)
-    grad_x, total = clip_backward(grad, x, out, low, high, closed)
+    grad_x, total = clip_backward(grad, x, out, low, high, closed, scale=torch.tensor(1.0))
     inside = (x >= low) & (x <= high) if closed else (x > low) & (x < high)
     assert torch.equal(grad_x, torch.where(inside, grad, 0.0))
     expected = grad.double().dot(out.double()) - grad_x.double().dot(x.double())

@@ -104,11 +104,10 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
-        grad_x, total = clip_backward(
+        grad_x, grad_alpha = clip_backward(
             grad_out, x, out, alpha.new_zeros(()), alpha, closed=False,
-            with_scale=ctx.needs_input_grad[1],
+            scale=alpha if ctx.needs_input_grad[1] else None,
         )
-        grad_alpha = None if total is None else (total / alpha).to(alpha.dtype).reshape(())
         return grad_x, grad_alpha, None
 
 

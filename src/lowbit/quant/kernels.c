@@ -40,23 +40,28 @@ static void thread_range(int64_t n, int64_t *begin, int64_t *end) {
     *end = *begin + per < n ? *begin + per : n;
 }
 
-/* out = table[int(clamp(x * scale - offset, 0, cells))]; a NaN x reads table[cells + 1], NaN. */
+/* out = table[int(clamp(x * scale - offset, 0, cells))]; NaN stays NaN. */
 VECTORIZED static void grid_lookup_range(const float *restrict x, float *restrict out, int64_t n,
                                          const float *restrict table, float cells, float scale,
                                          float offset) {
     int32_t cell[BLOCK];
-    int32_t nan_cell = (int32_t)cells + 1;
     for (int64_t start = 0; start < n; start += BLOCK) {
         int64_t count = n - start < BLOCK ? n - start : BLOCK;
         const float *xs = x + start;
         float *outs = out + start;
+        int nan_seen = 0;
+#pragma omp simd reduction(| : nan_seen)
         for (int64_t i = 0; i < count; ++i) {
             float position = xs[i] * scale - offset;
-            position = position > 0.f ? position : 0.f;
+            position = position > 0.f ? position : 0.f;  /* NaN becomes cell 0 here */
             position = position < cells ? position : cells;
-            cell[i] = xs[i] == xs[i] ? (int32_t)position : nan_cell;
+            cell[i] = (int32_t)position;
+            nan_seen |= xs[i] != xs[i];
         }
         for (int64_t i = 0; i < count; ++i) outs[i] = table[cell[i]];
+        if (nan_seen)
+            for (int64_t i = 0; i < count; ++i)
+                if (xs[i] != xs[i]) outs[i] = xs[i];
     }
 }
 

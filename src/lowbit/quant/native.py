@@ -22,7 +22,6 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
-import math
 import os
 import platform
 import shutil
@@ -133,26 +132,21 @@ def library() -> ctypes.CDLL | None:
 
 def usable(*tensors: torch.Tensor) -> bool:
     """Whether the kernels can serve these tensors: float32 on the CPU, outside
-    ``torch.compile``, all laid out alike in one dense block (contiguous or channels-last),
-    and the library loaded."""
+    ``torch.compile``, of one shape and all laid out alike in one dense block (contiguous or
+    channels-last), and the library loaded. (Called on every quantizer pass: kept cheap.)"""
     first = tensors[0]
-    if first.device.type != "cpu" or torch.compiler.is_compiling():
+    if not first.is_cpu or library() is None or torch.compiler.is_compiling():
         return False
+    shape = first.shape
     for tensor in tensors:
-        if (
-            tensor.dtype != torch.float32
-            or tensor.device.type != "cpu"
-            or tensor.shape != first.shape
-            or tensor.stride() != first.stride()
-            or not _dense(tensor)
-        ):
+        if tensor.dtype is not torch.float32 or not tensor.is_cpu or tensor.shape != shape:
             return False
-    return library() is not None
-
-
-def _dense(tensor: torch.Tensor) -> bool:
-    return tensor.is_contiguous() or (
-        tensor.dim() == 4 and tensor.is_contiguous(memory_format=torch.channels_last)
+    if all(tensor.is_contiguous() for tensor in tensors):
+        return True
+    stride = first.stride()
+    return first.dim() == 4 and all(
+        tensor.stride() == stride and tensor.is_contiguous(memory_format=torch.channels_last)
+        for tensor in tensors
     )
 
 
@@ -160,11 +154,9 @@ def grid_lookup(x: torch.Tensor, table: torch.Tensor, scale: float, offset: floa
     """``table[int(clamp(x * scale - offset, 0, len(table) - 1))]`` (NaN stays NaN);
     ``table`` a contiguous float32 tensor, ``scale`` and ``offset`` float32 values."""
     out = torch.empty_like(x)
-    cells = table.numel() - 1
-    table = torch.cat([table, table.new_full((1,), math.nan)])  # the entry NaN inputs read
     library().lowbit_grid_lookup(
-        x.data_ptr(), out.data_ptr(), x.numel(), table.data_ptr(), cells, scale, offset,
-        torch.get_num_threads(),
+        x.data_ptr(), out.data_ptr(), x.numel(), table.data_ptr(), table.numel() - 1, scale,
+        offset, torch.get_num_threads(),
     )
     return out
 
@@ -187,14 +179,14 @@ def clip_backward(
 ) -> tuple[torch.Tensor, float, float]:
     """``grad`` zeroed outside ``[low, high]`` (``(low, high)`` if not ``closed``), with
     ``sum(grad * out)`` and ``sum(grad_x * x)`` from the same pass."""
-    bounds = np.array([low, high], dtype=np.float32)
     if not closed:  # the open range is the closed one between the next floats inside it
-        bounds = np.nextafter(bounds, bounds[::-1])
+        bounds = np.array([low, high], dtype=np.float32)
+        low, high = np.nextafter(bounds, bounds[::-1]).tolist()
     grad_x = torch.empty_like(x)
     sums = (ctypes.c_double * 2)()
     library().lowbit_clip_backward(
         grad.data_ptr(), x.data_ptr(), out.data_ptr(), grad_x.data_ptr(), x.numel(),
-        bounds[0], bounds[1], sums, torch.get_num_threads(),
+        low, high, sums, torch.get_num_threads(),
     )
     return grad_x, sums[0], sums[1]
 

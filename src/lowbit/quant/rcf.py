@@ -46,11 +46,10 @@ class _RCF(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
-        grad_x, total = clip_backward(
+        grad_x, grad_alpha = clip_backward(
             grad_out, x, out, -alpha if ctx.signed else None, alpha,
-            with_scale=ctx.needs_input_grad[1],
+            scale=alpha if ctx.needs_input_grad[1] else None,
         )
-        grad_alpha = None if total is None else (total / alpha).reshape(alpha.shape)
         return grad_x, grad_alpha, None, None, None, None
 
 

@@ -85,21 +85,26 @@ def clip_backward(
     low: torch.Tensor | None,
     high: torch.Tensor | None,
     closed: bool = True,
-    with_scale: bool = True,
+    scale: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``straight_through(grad, x, low, high, closed)`` and, with ``with_scale``, its
-    ``scale_gradient`` (else ``None``): the backward of a clipping quantizer whose output is
-    ``out``. Scalar bounds on float32 CPU tensors take one fused pass (``native``)."""
+    """The backward of a clipping quantizer whose output is ``out``:
+    ``straight_through(grad, x, low, high, closed)`` and, given its scalar ``scale`` s,
+    ``scale_gradient(...) / s``, the scale's gradient (else ``None``). Scalar bounds on float32
+    CPU tensors take one fused pass (``native``)."""
     scalar_bounds = all(b is None or b.numel() == 1 for b in (low, high))
     if scalar_bounds and native.usable(grad, x, out):
         grad_x, total_out, total_x = native.clip_backward(
             grad, x, out, _value(low, -math.inf), _value(high, math.inf), closed
         )
-        total = torch.tensor(total_out - total_x, dtype=x.dtype) if with_scale else None
-        return grad_x, total
+        if scale is None:
+            return grad_x, None
+        value = (total_out - total_x) / float(scale)
+        return grad_x, torch.full(scale.shape, value, dtype=scale.dtype)
     grad_x = straight_through(grad, x, low, high, closed)
-    return grad_x, scale_gradient(grad, grad_x, x, out) if with_scale else None
+    if scale is None:
+        return grad_x, None
+    return grad_x, (scale_gradient(grad, grad_x, x, out) / scale).reshape(scale.shape)
 
 
 def _value(bound: torch.Tensor | None, default: float) -> float:
-    return default if bound is None else float(bound.detach().reshape(()))
+    return default if bound is None else float(bound)

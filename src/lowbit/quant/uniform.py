@@ -71,14 +71,14 @@ class _LearnedStepQuantize(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, out, step = ctx.saved_tensors
         layer_wise = step.numel() == 1
-        grad_x, total = clip_backward(
+        grad_x, grad_step = clip_backward(
             grad_out, x, out, ctx.q_min * step, ctx.q_max * step,
-            with_scale=layer_wise and ctx.needs_input_grad[1],
+            scale=step if layer_wise and ctx.needs_input_grad[1] else None,
         )
-        grad_step = None
-        if ctx.needs_input_grad[1]:
-            if not layer_wise:
-                total = (grad_out * out - grad_x * x).sum_to_size(step.shape)
+        if grad_step is not None:
+            grad_step = grad_step * ctx.grad_scale
+        elif ctx.needs_input_grad[1]:
+            total = (grad_out * out - grad_x * x).sum_to_size(step.shape)
             grad_step = (total * (ctx.grad_scale / step)).reshape(step.shape)
         return grad_x, grad_step, None, None, None, None
 
