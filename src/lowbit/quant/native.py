@@ -135,7 +135,7 @@ def usable(*tensors: torch.Tensor) -> bool:
     ``torch.compile``, of one shape and all laid out alike in one dense block (contiguous or
     channels-last), and the library loaded. (Called on every quantizer pass: kept cheap.)"""
     first = tensors[0]
-    if not first.is_cpu or library() is None or torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not first.is_cpu or library() is None:
         return False
     shape = first.shape
     for tensor in tensors:
