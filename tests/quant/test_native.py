@@ -9,7 +9,7 @@ import torch
 from lowbit.quant import native
 from lowbit.quant.dorefa import pact_quantize
 from lowbit.quant.levels import levels
-from lowbit.quant.project import grid_cells, grid_table, project_on_grid
+from lowbit.quant.project import grid_cells, grid_table, midpoints, project_on_grid
 from lowbit.quant.rcf import rcf_quantize
 from lowbit.quant.ste import clip_backward
 from lowbit.quant.uniform import learned_step_quantize
@@ -55,6 +55,23 @@ def test_grid_lookup_equals_eager_bitwise(monkeypatch, level_set, bits, signed, 
         monkeypatch, lambda: project_on_grid(x, table * alpha, lo, 1.0, alpha)
     )
     assert torch.equal(fused, eager)
+
+
+@pytest.mark.parametrize("bits,signed", [(5, False), (6, True), (6, False), (8, True)])
+def test_search_lookup_equals_bucketize_bitwise(monkeypatch, bits, signed):
+    """PoT with 5 magnitude bits or more (levels down to 2^-30: no lookup grid) takes the
+    binary search."""
+    grid = levels("pot", bits, signed).float()
+    assert grid_cells(levels("pot", bits, signed)) is None
+    alpha = torch.tensor(0.8125)
+    x = awkward(scale=0.5)[:-3]  # bucketize sorts NaN last: compared separately below
+    x = torch.cat([x, grid * alpha, midpoints(grid) * alpha, -midpoints(grid) * alpha])
+    fused, eager = both_paths(
+        monkeypatch, lambda: rcf_quantize(x, alpha, grid, signed=signed, table=None)
+    )
+    assert torch.equal(fused, eager)
+    nan = rcf_quantize(torch.tensor([math.nan, 0.3]), alpha, grid, signed=signed)
+    assert math.isnan(nan[0]) and not math.isnan(nan[1])
 
 
 def test_grid_lookup_keeps_nan():

@@ -75,6 +75,38 @@ void lowbit_grid_lookup(const float *x, float *out, int64_t n, const float *tabl
     }
 }
 
+/* out = levels[number of boundaries <= x] (torch.bucketize(x, boundaries, right=True) then a
+ * gather); NaN stays NaN. `boundaries` holds 2^steps - 1 sorted values (padded with +inf), so
+ * a branchless binary search of `steps` halvings needs no bounds check; the element loop is
+ * the inner one, vectorized with gathers. */
+VECTORIZED static void search_lookup_range(const float *restrict x, float *restrict out,
+                                           int64_t n, const float *restrict boundaries,
+                                           int32_t steps, const float *restrict levels) {
+    int32_t index[BLOCK];
+    for (int64_t start = 0; start < n; start += BLOCK) {
+        int64_t count = n - start < BLOCK ? n - start : BLOCK;
+        const float *xs = x + start;
+        float *outs = out + start;
+        for (int64_t i = 0; i < count; ++i) index[i] = 0;
+        for (int32_t half = 1 << (steps - 1); half > 0; half >>= 1)
+            for (int64_t i = 0; i < count; ++i)
+                index[i] += boundaries[index[i] + half - 1] <= xs[i] ? half : 0;
+        for (int64_t i = 0; i < count; ++i) outs[i] = levels[index[i]];
+        for (int64_t i = 0; i < count; ++i)
+            if (xs[i] != xs[i]) outs[i] = xs[i];
+    }
+}
+
+void lowbit_search_lookup(const float *x, float *out, int64_t n, const float *boundaries,
+                          int32_t steps, const float *levels, int threads) {
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN)
+    {
+        int64_t begin, end;
+        thread_range(n, &begin, &end);
+        search_lookup_range(x + begin, out + begin, end - begin, boundaries, steps, levels);
+    }
+}
+
 /* ROUND_CLAMP: step * clamp(rint(x / step), q_min, q_max).
  * SYMMETRIC: step * copysign(min(floor(|x / step|), q_max - 1/2) + 1/2, x); `top` = q_max - 1/2.
  * CLIP_ROUND: rint(clamp(x, 0, top) * inverse) * step (PACT; `inverse` = 1 / step). */

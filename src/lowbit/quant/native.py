@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import math
 import os
 import platform
 import shutil
@@ -44,6 +45,7 @@ _pointer, _size, _float, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float,
 _doubles = ctypes.POINTER(ctypes.c_double)
 _SIGNATURES = {
     "lowbit_grid_lookup": [_pointer, _pointer, _size, _pointer, _size, _float, _float, _int],
+    "lowbit_search_lookup": [_pointer, _pointer, _size, _pointer, _int, _pointer, _int],
     "lowbit_uniform": [_pointer, _pointer, _size, _int, _float, _float, _float, _float, _int],
     "lowbit_srq_round": [_pointer, _pointer, _pointer, _int, _size, _float, _float, _float, _int],
     "lowbit_srq_backward": [
@@ -157,6 +159,23 @@ def grid_lookup(x: torch.Tensor, table: torch.Tensor, scale: float, offset: floa
     library().lowbit_grid_lookup(
         x.data_ptr(), out.data_ptr(), x.numel(), table.data_ptr(), table.numel() - 1, scale,
         offset, torch.get_num_threads(),
+    )
+    return out
+
+
+def search_lookup(
+    x: torch.Tensor, levels: torch.Tensor, boundaries: torch.Tensor
+) -> torch.Tensor:
+    """``levels[bucketize(x, boundaries, right=True)]`` (NaN stays NaN) by a branchless
+    binary search; ``levels`` has one entry more than the sorted ``boundaries``."""
+    steps = max(boundaries.numel(), 1).bit_length()
+    padding = (1 << steps) - 1 - boundaries.numel()
+    boundaries = torch.cat([boundaries, boundaries.new_full((padding,), math.inf)])
+    levels = levels.contiguous()
+    out = torch.empty_like(x)
+    library().lowbit_search_lookup(
+        x.data_ptr(), out.data_ptr(), x.numel(), boundaries.data_ptr(), steps,
+        levels.data_ptr(), torch.get_num_threads(),
     )
     return out
 

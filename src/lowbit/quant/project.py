@@ -89,6 +89,8 @@ def project_by_search(
     x: torch.Tensor, levels: torch.Tensor, boundaries: torch.Tensor
 ) -> torch.Tensor:
     """Nearest of ``levels`` by binary search among ``boundaries`` (scaled alike)."""
+    if native.usable(x) and levels.dtype == boundaries.dtype == x.dtype:
+        return native.search_lookup(x, levels, boundaries)
     index = torch.bucketize(x.reshape(-1), boundaries, out_int32=True, right=True)
     return levels.index_select(0, index).view_as(x)
 
