@@ -243,3 +243,25 @@ def test_srq_forward_bitwise_backward_at_least_as_precise_as_eager(monkeypatch, 
         # Up to float32 summation noise (1e-5 of the largest value) on the scale gradients.
         noise = 1e-5 * reference.abs().max()
         assert (f - reference).abs().max() <= 1.01 * (e - reference).abs().max() + noise
+
+
+def test_empty_and_offset_views():
+    grid = levels("apot", 4, False)
+    table = grid_table(grid, grid_cells(grid)).float()
+    assert project_on_grid(torch.empty(0), table, 0.0, 1.0).shape == (0,)
+    base = torch.linspace(-0.2, 1.2, 1001)
+    view = base[1:]  # contiguous, starts one element into the storage
+    assert torch.equal(project_on_grid(view, table, 0.0, 1.0),
+                       project_on_grid(view.clone(), table, 0.0, 1.0))
+
+
+def test_unwritable_cache_warns_and_falls_back(tmp_path, monkeypatch):
+    native.library.cache_clear()
+    try:
+        blocked = tmp_path / "file"
+        blocked.write_text("")  # a file where the cache directory should be
+        monkeypatch.setenv("LOWBIT_CACHE_DIR", str(blocked / "lowbit"))
+        with pytest.warns(UserWarning, match="building the CPU kernels failed"):
+            assert native.library() is None
+    finally:
+        native.library.cache_clear()

@@ -93,7 +93,7 @@ def _build(compiler: str) -> Path:
         errors = ""
         for extra in (OPENMP, ()):  # without OpenMP (e.g. Apple clang) the kernels use one thread
             command = [compiler, *FLAGS, *extra, str(SOURCE), "-o", partial]
-            result = subprocess.run(command, capture_output=True, text=True)
+            result = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
                 os.replace(partial, target)
                 return target
@@ -119,7 +119,7 @@ def library() -> ctypes.CDLL | None:
         return None
     try:
         lib = ctypes.CDLL(str(_build(compiler)))
-    except OSError as error:
+    except (OSError, subprocess.SubprocessError) as error:  # incl. a read-only cache, a hang
         warnings.warn(
             f"lowbit: building the CPU kernels failed, quantizers run as plain PyTorch ops "
             f"(same results, slower); LOWBIT_NATIVE=0 silences this. {error}",
