@@ -265,3 +265,64 @@ def test_unwritable_cache_warns_and_falls_back(tmp_path, monkeypatch):
             assert native.library() is None
     finally:
         native.library.cache_clear()
+
+
+def rq_reference(x, alpha, sigma, lo, hi, tau, seed, grad, dtype=torch.float64):
+    """Eq. 1-2 over the local window by autograd in ``dtype``, with the kernel's uniforms."""
+    from lowbit.quant.relaxed import local_window, log_cell_probability
+
+    x, alpha, sigma = (t.to(dtype).clone().requires_grad_() for t in (x, alpha, sigma))
+    k = local_window(x, alpha, sigma, lo, hi, 3.0)
+    u = native.uniforms(seed, x.numel(), k.shape[-1]).double()
+    gumbel = -(-u.log()).log()
+    logits = log_cell_probability(x.unsqueeze(-1), k, alpha, sigma) + gumbel.to(dtype)
+    out = alpha * (torch.softmax(logits / tau, dim=-1) * k).sum(-1)
+    out.backward(grad.to(dtype))
+    return [t.double() for t in (out.detach(), x.grad, alpha.grad, sigma.grad)]
+
+
+@pytest.mark.parametrize("lo,hi,sigma,tau", [
+    (-8, 7, 0.1 / 3, 1.0), (0, 15, 0.1 / 3, 0.7), (-2, 1, 0.05, 2.0), (-128, 127, 0.07, 0.5)
+])
+def test_rq_kernel_is_eq2_autograd_with_its_noise(lo, hi, sigma, tau):
+    """Forward and gradients of the fused RQ equal float64 autograd of Eq. 1-2 over the
+    local window, given the kernel's uniforms; x reaches far outside the grid."""
+    from lowbit.quant.relaxed import relaxed_quantize
+
+    generator = torch.Generator().manual_seed(4)
+    x0 = torch.cat([torch.randn(4000, generator=generator) * 0.1 * (hi - lo) / 4,
+                    torch.tensor([-50.0, 50.0, 0.05, -0.05])])
+    grad = torch.randn(x0.shape, generator=generator)
+    alpha0, sigma0 = torch.tensor(0.1), torch.tensor(sigma)
+    x, alpha, sigma_ = (t.clone().requires_grad_() for t in (x0, alpha0, sigma0))
+    out = relaxed_quantize(x, alpha, sigma_, lo, hi, tau,
+                           generator=torch.Generator().manual_seed(9))
+    out.backward(grad)
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(9)))
+    exact = rq_reference(x0, alpha0, sigma0, lo, hi, tau, seed, grad)
+    eager32 = rq_reference(x0, alpha0, sigma0, lo, hi, tau, seed, grad, torch.float32)
+    fused = [out.detach().double(), x.grad.double(), alpha.grad.double(), sigma_.grad.double()]
+    torch.testing.assert_close(fused[0], exact[0], rtol=1e-5, atol=1e-5)
+    # Gradients: no further from float64 than eager float32 autograd is, up to float32's
+    # resolution of the largest value (the kernel sums over window points in double,
+    # relative to the window's first point).
+    for f, e, reference in zip(fused[1:], eager32[1:], exact[1:]):
+        slack = 1e-6 * reference.abs().max()
+        assert (f - reference).abs().max() <= (e - reference).abs().max() + slack
+
+
+
+def test_rq_kernel_noise_does_not_depend_on_threads():
+    from lowbit.quant.relaxed import relaxed_quantize
+
+    x = torch.randn(100_000) * 0.3
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            outs.append(relaxed_quantize(x, torch.tensor(0.1), torch.tensor(0.03), -8, 7, 1.0,
+                                         generator=torch.Generator().manual_seed(1)))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(outs[0], outs[1])

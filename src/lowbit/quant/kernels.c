@@ -10,6 +10,7 @@
  */
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -297,4 +298,204 @@ void lowbit_srq_backward(const float *grad, const float *x, const void *k, int w
         s0 += part[0], s1 += part[1], s2 += part[2], s3 += part[3], s4 += part[4];
     }
     sums[0] = s0, sums[1] = s1, sums[2] = s2, sums[3] = s3, sums[4] = s4;
+}
+
+/* log(v) for normal v > 0, to about 1 ulp, vectorizable (Cephes' logf). */
+static inline float log_poly(float v) {
+    union { float value; int32_t bits; } u = {v};
+    float e = (float)(((u.bits >> 23) & 0xff) - 126);
+    u.bits = (u.bits & 0x007fffff) | 0x3f000000; /* v = m 2^e, m in [1/2, 1) */
+    float m = u.value;
+    int below = m < 0.707106781186547524f;
+    e = below ? e - 1.0f : e;
+    m = below ? m + m - 1.0f : m - 1.0f;
+    float z = m * m;
+    float y = 7.0376836292e-2f;
+    y = y * m - 1.1514610310e-1f;
+    y = y * m + 1.1676998740e-1f;
+    y = y * m - 1.2420140846e-1f;
+    y = y * m + 1.4249322787e-1f;
+    y = y * m - 1.6668057665e-1f;
+    y = y * m + 2.0000714765e-1f;
+    y = y * m - 2.4999993993e-1f;
+    y = y * m + 3.3333331174e-1f;
+    y = y * m * z;
+    y = y + e * -2.12194440e-4f;
+    y = y - 0.5f * z;
+    return m + y + e * 0.693359375f;
+}
+
+/* A uniform number in (0, 1) from a counter (murmur3's finalizer over seed and counter): the
+ * same stream for any number of threads, and the backward pass regenerates it. */
+static inline uint32_t mix32(uint32_t h) {
+    h ^= h >> 16;
+    h *= 0x85ebca6bu;
+    h ^= h >> 13;
+    h *= 0xc2b2ae35u;
+    h ^= h >> 16;
+    return h;
+}
+
+static inline float uniform_at(uint32_t seed_low, uint32_t seed_high, uint32_t element_low,
+                               uint32_t element_high, uint32_t slot) {
+    uint32_t bits = mix32(element_low ^ seed_low);
+    bits = mix32(bits ^ (slot * 0x9e3779b9u + element_high) ^ seed_high);
+    return ((float)(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+}
+
+/* uniform_at for elements first.. of `slots` slots each, in element-major order (tests). */
+void lowbit_uniforms(float *out, int64_t elements, int32_t slots, uint64_t seed, int64_t first) {
+    for (int64_t i = 0; i < elements; ++i)
+        for (int32_t m = 0; m < slots; ++m)
+            out[i * slots + m] = uniform_at((uint32_t)seed, (uint32_t)(seed >> 32),
+                                            (uint32_t)(first + i), (uint32_t)((first + i) >> 32),
+                                            (uint32_t)m);
+}
+
+/* RQ's training pass (relaxed.py, relaxed_quantize) on a block of elements. Window slot m
+ * (grid point k = start + m, m < size) owns the cell between boundaries
+ * b_m = (alpha (start + m - 1/2) - x) / sigma and b_(m+1); its logit is
+ * (log S(b_(m+1)) + log S(-b_m) + g_m) / tau (the constant log(1 - e^(-alpha/sigma)) of
+ * Eq. 1 cancels in the softmax), g_m = -log(-log u) with u = uniform_at(element, m).
+ * Forward: out = alpha sum r_m k_m. Backward (grad given): with w_m = alpha r_m
+ * (k_m - mean k) / tau and h_j = w_(j-1) S(-b_j) - w_j S(b_j), dout/dx = -sum h / sigma,
+ * dout/dalpha = mean k + sum h_j (start + j - 1/2) / sigma, dout/dsigma = -sum h_j b_j /
+ * sigma. Arrays `work` hold (size + 1) x RQ_BLOCK floats per table: [slot][element]. */
+#define RQ_BLOCK 256
+
+typedef struct {
+    float alpha, inverse_sigma, inverse_tau, lo, hi;
+    int32_t size;
+    uint64_t seed;
+} RQSettings;
+
+VECTORIZED static void rq_range(const float *restrict x, const float *restrict grad,
+                                float *restrict result, int64_t n, int64_t first,
+                                const RQSettings *settings, float *restrict work,
+                                double *sums) {
+    const float alpha = settings->alpha, inverse_sigma = settings->inverse_sigma;
+    const float inverse_tau = settings->inverse_tau;
+    const int32_t size = settings->size;
+    const uint32_t seed_low = (uint32_t)settings->seed, seed_high = settings->seed >> 32;
+    float *boundary = work, *log_s = work + (size + 1) * RQ_BLOCK;
+    float *weight = log_s + (size + 1) * RQ_BLOCK;
+    float start[RQ_BLOCK], top[RQ_BLOCK], total[RQ_BLOCK], mean_m[RQ_BLOCK];
+    double sum_alpha = 0, sum_sigma = 0;
+    for (int64_t begin = 0; begin < n; begin += RQ_BLOCK) {
+        int64_t count = n - begin < RQ_BLOCK ? n - begin : RQ_BLOCK;
+        const float *xs = x + begin;
+        for (int64_t i = 0; i < count; ++i) {
+            float s = floorf(xs[i] / alpha + 0.5f) - (float)(size / 2);
+            s = s < settings->lo ? settings->lo : s;
+            s = s > settings->hi - size + 1 ? settings->hi - size + 1 : s;
+            start[i] = s;
+            top[i] = -INFINITY;
+            total[i] = 0.f;
+            mean_m[i] = 0.f;
+        }
+        for (int32_t j = 0; j <= size; ++j) {
+            float *b = boundary + j * RQ_BLOCK, *l = log_s + j * RQ_BLOCK;
+            for (int64_t i = 0; i < count; ++i) {
+                float v = (alpha * (start[i] + (float)j - 0.5f) - xs[i]) * inverse_sigma;
+                float softplus = log_poly(1.0f + exp_poly(-fabsf(v))); /* log(1 + e^-|v|) */
+                b[i] = v;
+                l[i] = (v < 0.f ? v : 0.f) - softplus; /* log S(v) */
+            }
+        }
+        /* Logits, kept in `weight`, and their running maximum. */
+        for (int32_t m = 0; m < size; ++m) {
+            float *z = weight + m * RQ_BLOCK;
+            const float *l_up = log_s + (m + 1) * RQ_BLOCK, *l_lo = log_s + m * RQ_BLOCK;
+            const float *b_lo = boundary + m * RQ_BLOCK;
+            const uint32_t element_high = (uint32_t)((first + begin) >> 32);
+            const uint32_t element_low = (uint32_t)(first + begin);
+            for (int64_t i = 0; i < count; ++i) {
+                uint32_t low = element_low + (uint32_t)i; /* the element's 64-bit index */
+                uint32_t high = element_high + (low < element_low);
+                float u = uniform_at(seed_low, seed_high, low, high, (uint32_t)m);
+                float gumbel = -log_poly(-log_poly(u));
+                float logit = (l_up[i] + (l_lo[i] - b_lo[i]) + gumbel) * inverse_tau;
+                z[i] = logit;
+                top[i] = logit > top[i] ? logit : top[i];
+            }
+        }
+        for (int32_t m = 0; m < size; ++m) {
+            float *z = weight + m * RQ_BLOCK;
+            for (int64_t i = 0; i < count; ++i) {
+                float e = exp_poly(z[i] - top[i]);
+                z[i] = e;
+                total[i] += e;
+                mean_m[i] += e * (float)m;
+            }
+        }
+        for (int64_t i = 0; i < count; ++i) mean_m[i] /= total[i];
+        if (grad == 0) {
+            for (int64_t i = 0; i < count; ++i) result[begin + i] = alpha * (start[i] + mean_m[i]);
+            continue;
+        }
+        /* Backward: r_m = weight / total, h_j from the neighbouring slots' weights. With
+         * b_j = b_0 + j alpha / sigma, sum h_j b_j = b_0 H + (alpha / sigma) J and sum h_j
+         * (start + j - 1/2) = (start - 1/2) H + J, where H = sum h_j and J = sum j h_j: small
+         * integers and double sums, so wide grids lose no bits to cancellation. */
+        double h_total[RQ_BLOCK], j_total[RQ_BLOCK];
+        float scale[RQ_BLOCK];
+        for (int64_t i = 0; i < count; ++i) {
+            h_total[i] = j_total[i] = 0.0;
+            scale[i] = alpha * inverse_tau / total[i];
+        }
+        for (int32_t j = 0; j <= size; ++j) {
+            const float *b = boundary + j * RQ_BLOCK;
+            const float *w_below = j > 0 ? weight + (j - 1) * RQ_BLOCK : 0;
+            const float *w_above = j < size ? weight + j * RQ_BLOCK : 0;
+            for (int64_t i = 0; i < count; ++i) {
+                float v = b[i], e = exp_poly(-fabsf(v));
+                float s_pos = 1.0f / (1.0f + e), s_neg = e * s_pos; /* S(|v|), S(-|v|) */
+                float s = v >= 0.f ? s_pos : s_neg, s_minus = v >= 0.f ? s_neg : s_pos;
+                double h = 0.0;
+                if (w_below) h += (double)(w_below[i] * ((float)(j - 1) - mean_m[i]) * s_minus);
+                if (w_above) h -= (double)(w_above[i] * ((float)j - mean_m[i]) * s);
+                h *= scale[i];
+                h_total[i] += h;
+                j_total[i] += h * j;
+            }
+        }
+        const double ratio = (double)alpha * inverse_sigma;
+        for (int64_t i = 0; i < count; ++i) {
+            double g = grad[begin + i], h = h_total[i], hj = j_total[i];
+            result[begin + i] = (float)(-g * h * inverse_sigma);
+            double mean_k = (double)start[i] + mean_m[i];
+            sum_alpha += g * (mean_k + ((start[i] - 0.5) * h + hj) * inverse_sigma);
+            sum_sigma -= g * ((double)boundary[i] * h + ratio * hj) * inverse_sigma;
+        }
+    }
+    sums[0] += sum_alpha;
+    sums[1] += sum_sigma;
+}
+
+/* RQ forward (grad = NULL: result = out) or backward (result = grad_x, sums = the alpha and
+ * sigma gradients' sums) over n elements; -1 if the work memory could not be allocated. */
+int lowbit_rq(const float *x, const float *grad, float *result, int64_t n, float alpha,
+              float sigma, float tau, float lo, float hi, int32_t size, uint64_t seed,
+              double *sums, int threads) {
+    RQSettings settings = {alpha, 1.0f / sigma, 1.0f / tau, lo, hi, size, seed};
+    double total_alpha = 0, total_sigma = 0;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : total_alpha, total_sigma, failed)
+    {
+        int64_t begin, end;
+        thread_range(n, &begin, &end);
+        float *work = malloc(sizeof(float) * 3 * (size_t)(size + 1) * RQ_BLOCK);
+        double part[2] = {0, 0};
+        if (work == 0)
+            failed += 1;
+        else if (begin < end)
+            rq_range(x + begin, grad ? grad + begin : 0, result + begin, end - begin, begin,
+                     &settings, work, part);
+        free(work);
+        total_alpha += part[0];
+        total_sigma += part[1];
+    }
+    sums[0] = total_alpha;
+    sums[1] = total_sigma;
+    return failed ? -1 : 0;
 }

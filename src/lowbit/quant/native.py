@@ -43,18 +43,29 @@ ROUND_CLAMP, SYMMETRIC, CLIP_ROUND = 0, 1, 2
 
 _pointer, _size, _float, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
 _doubles = ctypes.POINTER(ctypes.c_double)
-_SIGNATURES = {
-    "lowbit_grid_lookup": [_pointer, _pointer, _size, _pointer, _size, _float, _float, _int],
-    "lowbit_search_lookup": [_pointer, _pointer, _size, _pointer, _int, _pointer, _int],
-    "lowbit_uniform": [_pointer, _pointer, _size, _int, _float, _float, _float, _float, _int],
-    "lowbit_srq_round": [_pointer, _pointer, _pointer, _int, _size, _float, _float, _float, _int],
-    "lowbit_srq_backward": [
+_SIGNATURES = {  # name: (result type, argument types)
+    "lowbit_grid_lookup": (
+        None, [_pointer, _pointer, _size, _pointer, _size, _float, _float, _int]
+    ),
+    "lowbit_search_lookup": (None, [_pointer, _pointer, _size, _pointer, _int, _pointer, _int]),
+    "lowbit_uniform": (
+        None, [_pointer, _pointer, _size, _int, _float, _float, _float, _float, _int]
+    ),
+    "lowbit_srq_round": (
+        None, [_pointer, _pointer, _pointer, _int, _size, _float, _float, _float, _int]
+    ),
+    "lowbit_srq_backward": (None, [
         _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float, _doubles,
         _int,
-    ],
-    "lowbit_clip_backward": [
-        _pointer, _pointer, _pointer, _pointer, _size, _float, _float, _doubles, _int
-    ],
+    ]),
+    "lowbit_clip_backward": (
+        None, [_pointer, _pointer, _pointer, _pointer, _size, _float, _float, _doubles, _int]
+    ),
+    "lowbit_rq": (_int, [
+        _pointer, _pointer, _pointer, _size, _float, _float, _float, _float, _float,
+        ctypes.c_int32, ctypes.c_uint64, _doubles, _int,
+    ]),
+    "lowbit_uniforms": (None, [_pointer, _size, ctypes.c_int32, ctypes.c_uint64, _size]),
 }
 
 
@@ -126,9 +137,9 @@ def library() -> ctypes.CDLL | None:
             stacklevel=2,
         )
         return None
-    for name, arguments in _SIGNATURES.items():
+    for name, (result, arguments) in _SIGNATURES.items():
         getattr(lib, name).argtypes = arguments
-        getattr(lib, name).restype = None
+        getattr(lib, name).restype = result
     return lib
 
 
@@ -243,3 +254,35 @@ def srq_backward(
         torch.get_num_threads(),
     )
     return grad_x, list(sums)
+
+
+def rq(
+    x: torch.Tensor,
+    grad: torch.Tensor | None,
+    alpha: float,
+    sigma: float,
+    temperature: float,
+    lo: int,
+    hi: int,
+    size: int,
+    seed: int,
+) -> tuple[torch.Tensor, tuple[float, float]]:
+    """RQ's Gumbel-softmax pass over windows of ``size`` grid points (``kernels.c``), its
+    noise drawn from ``seed``: the output (``grad=None``), or ``grad_x`` and the sums of the
+    alpha and sigma gradients (same seed, same noise)."""
+    result = torch.empty_like(x)
+    sums = (ctypes.c_double * 2)()
+    status = library().lowbit_rq(
+        x.data_ptr(), None if grad is None else grad.data_ptr(), result.data_ptr(), x.numel(),
+        alpha, sigma, temperature, lo, hi, size, seed, sums, torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError(f"RQ kernel: no memory for windows of {size} grid points")
+    return result, (sums[0], sums[1])
+
+
+def uniforms(seed: int, elements: int, slots: int) -> torch.Tensor:
+    """The uniform numbers ``rq`` draws from ``seed``, shape ``(elements, slots)`` (tests)."""
+    out = torch.empty(elements, slots)
+    library().lowbit_uniforms(out.data_ptr(), elements, slots, seed, 0)
+    return out

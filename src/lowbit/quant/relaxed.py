@@ -94,12 +94,43 @@ def relaxed_quantize(
     ``r = softmax((log pi_k + u_k) / tau)``, ``u_k ~ Gumbel(0, 1)``, over the local window.
 
     Differentiable in ``x``, ``alpha`` and ``sigma`` by plain autograd (RQ's own gradient).
+    On float32 CPU tensors the fused kernels compute the same sampling and gradients without
+    the ``numel x K`` tensors, drawing the noise from one seed taken from ``generator``.
     """
+    if native.usable(x):
+        half = math.ceil(delta * abs(float(sigma.detach() / alpha.detach())) + 0.5)
+        size = min(2 * half + 1, hi - lo + 1)
+        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
+        return _RelaxedFused.apply(x, alpha, sigma, lo, hi, temperature, size, seed)
     k = local_window(x, alpha, sigma, lo, hi, delta)
     logits = log_cell_probability(x.unsqueeze(-1), k, alpha, sigma)
     gumbel = torch.empty_like(logits).exponential_(generator=generator).log_().neg_()
     r = torch.softmax((logits + gumbel) / temperature, dim=-1)
     return alpha * (r * k).sum(-1)
+
+
+class _RelaxedFused(torch.autograd.Function):
+    """``relaxed_quantize`` in the fused CPU kernels (``lowbit.quant.native.rq``): the
+    backward pass regenerates the forward's Gumbel noise from its seed, so nothing of size
+    ``numel x K`` is stored; its gradients are those of autograd through Eq. 1-2."""
+
+    @staticmethod
+    def forward(ctx, x, alpha, sigma, lo, hi, temperature, size, seed):
+        settings = (float(alpha), float(sigma), temperature, lo, hi, size, seed)
+        out, _ = native.rq(x, None, *settings)
+        ctx.settings = settings
+        ctx.save_for_backward(x, alpha, sigma)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, alpha, sigma = ctx.saved_tensors
+        if grad_out.stride() != x.stride():
+            grad_out = torch.empty_like(x).copy_(grad_out)
+        grad_x, (sum_alpha, sum_sigma) = native.rq(x, grad_out, *ctx.settings)
+        grad_alpha = torch.full(alpha.shape, sum_alpha, dtype=alpha.dtype)
+        grad_sigma = torch.full(sigma.shape, sum_sigma, dtype=sigma.dtype)
+        return grad_x, grad_alpha, grad_sigma, None, None, None, None, None
 
 
 @torch.no_grad()
