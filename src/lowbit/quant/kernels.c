@@ -15,8 +15,9 @@
 #include <omp.h>
 #endif
 
-/* gcc builds each kernel for AVX2 and for the baseline and picks one at load time. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* gcc builds each kernel for AVX2 and for the baseline and picks one at load time (an ifunc;
+ * native.py retries with -DLOWBIT_BASELINE_ONLY where the C library has no ifuncs). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(LOWBIT_BASELINE_ONLY)
 #define VECTORIZED __attribute__((target_clones("avx2", "default")))
 #else
 #define VECTORIZED

@@ -37,7 +37,9 @@ import torch
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
-OPENMP = ("-fopenmp",)
+# Tried in order: OpenMP threads, then one thread (e.g. Apple clang), then without the AVX2
+# clones (C libraries without ifuncs, e.g. musl).
+ATTEMPTS = (("-fopenmp",), (), ("-fopenmp", "-DLOWBIT_BASELINE_ONLY"), ("-DLOWBIT_BASELINE_ONLY",))
 # Modes of ``uniform`` (kernels.c).
 ROUND_CLAMP, SYMMETRIC, CLIP_ROUND = 0, 1, 2
 
@@ -86,11 +88,8 @@ def _cache_dir() -> Path:
 def _build(compiler: str) -> Path:
     """Path of the compiled library, building it unless this exact build is cached."""
     source = SOURCE.read_bytes()
-    key = hashlib.sha256(
-        b"\0".join(
-            [source, compiler.encode(), platform.machine().encode(), sys.platform.encode()]
-        )
-    ).hexdigest()[:16]
+    settings = repr((compiler, FLAGS, ATTEMPTS, platform.machine(), sys.platform)).encode()
+    key = hashlib.sha256(source + settings).hexdigest()[:16]
     directory = _cache_dir()
     target = directory / f"kernels-{key}.so"
     if target.exists():
@@ -102,7 +101,7 @@ def _build(compiler: str) -> Path:
     os.close(handle)
     try:
         errors = ""
-        for extra in (OPENMP, ()):  # without OpenMP (e.g. Apple clang) the kernels use one thread
+        for extra in ATTEMPTS:
             command = [compiler, *FLAGS, *extra, str(SOURCE), "-o", partial]
             result = subprocess.run(command, capture_output=True, text=True, timeout=300)
             if result.returncode == 0:
