@@ -378,8 +378,8 @@ VECTORIZED static void rq_range(const float *restrict x, const float *restrict g
     const float inverse_tau = settings->inverse_tau;
     const int32_t size = settings->size;
     const uint32_t seed_low = (uint32_t)settings->seed, seed_high = settings->seed >> 32;
-    float *boundary = work, *log_s = work + (size + 1) * RQ_BLOCK;
-    float *weight = log_s + (size + 1) * RQ_BLOCK;
+    float *boundary = work, *tail = work + (size + 1) * RQ_BLOCK;
+    float *weight = tail + (size + 1) * RQ_BLOCK;
     float start[RQ_BLOCK], top[RQ_BLOCK], total[RQ_BLOCK], mean_m[RQ_BLOCK];
     double sum_alpha = 0, sum_sigma = 0;
     for (int64_t begin = 0; begin < n; begin += RQ_BLOCK) {
@@ -395,27 +395,29 @@ VECTORIZED static void rq_range(const float *restrict x, const float *restrict g
             mean_m[i] = 0.f;
         }
         for (int32_t j = 0; j <= size; ++j) {
-            float *b = boundary + j * RQ_BLOCK, *l = log_s + j * RQ_BLOCK;
+            float *b = boundary + j * RQ_BLOCK, *t = tail + j * RQ_BLOCK;
             for (int64_t i = 0; i < count; ++i) {
                 float v = (alpha * (start[i] + (float)j - 0.5f) - xs[i]) * inverse_sigma;
-                float softplus = log_poly(1.0f + exp_poly(-fabsf(v))); /* log(1 + e^-|v|) */
                 b[i] = v;
-                l[i] = (v < 0.f ? v : 0.f) - softplus; /* log S(v) */
+                t[i] = exp_poly(-fabsf(v));
             }
         }
-        /* Logits, kept in `weight`, and their running maximum. */
+        /* Logits, kept in `weight`, and their running maximum. With t = e^-|b|, log S(b) =
+         * min(b, 0) - log(1 + t) and log S(-b) = min(-b, 0) - log(1 + t); the Gumbel variate
+         * is -log E, E = -log u; so one log of (1 + t_(m+1)) (1 + t_m) E serves all three. */
         for (int32_t m = 0; m < size; ++m) {
             float *z = weight + m * RQ_BLOCK;
-            const float *l_up = log_s + (m + 1) * RQ_BLOCK, *l_lo = log_s + m * RQ_BLOCK;
-            const float *b_lo = boundary + m * RQ_BLOCK;
+            const float *b_up = boundary + (m + 1) * RQ_BLOCK, *b_lo = boundary + m * RQ_BLOCK;
+            const float *t_up = tail + (m + 1) * RQ_BLOCK, *t_lo = tail + m * RQ_BLOCK;
             const uint32_t element_high = (uint32_t)((first + begin) >> 32);
             const uint32_t element_low = (uint32_t)(first + begin);
             for (int64_t i = 0; i < count; ++i) {
                 uint32_t low = element_low + (uint32_t)i; /* the element's 64-bit index */
                 uint32_t high = element_high + (low < element_low);
                 float u = uniform_at(seed_low, seed_high, low, high, (uint32_t)m);
-                float gumbel = -log_poly(-log_poly(u));
-                float logit = (l_up[i] + (l_lo[i] - b_lo[i]) + gumbel) * inverse_tau;
+                float product = (1.0f + t_up[i]) * (1.0f + t_lo[i]) * -log_poly(u);
+                float linear = (b_up[i] < 0.f ? b_up[i] : 0.f) + (b_lo[i] > 0.f ? -b_lo[i] : 0.f);
+                float logit = (linear - log_poly(product)) * inverse_tau;
                 z[i] = logit;
                 top[i] = logit > top[i] ? logit : top[i];
             }
@@ -448,8 +450,9 @@ VECTORIZED static void rq_range(const float *restrict x, const float *restrict g
             const float *b = boundary + j * RQ_BLOCK;
             const float *w_below = j > 0 ? weight + (j - 1) * RQ_BLOCK : 0;
             const float *w_above = j < size ? weight + j * RQ_BLOCK : 0;
+            const float *t = tail + j * RQ_BLOCK;
             for (int64_t i = 0; i < count; ++i) {
-                float v = b[i], e = exp_poly(-fabsf(v));
+                float v = b[i], e = t[i];
                 float s_pos = 1.0f / (1.0f + e), s_neg = e * s_pos; /* S(|v|), S(-|v|) */
                 float s = v >= 0.f ? s_pos : s_neg, s_minus = v >= 0.f ? s_neg : s_pos;
                 double h = 0.0;
