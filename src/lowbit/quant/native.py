@@ -1,20 +1,28 @@
-"""Fused CPU kernels for the elementwise quantizers, compiled from ``kernels.c`` on first use.
+"""Fused CPU kernels for the quantizers, compiled from ``kernels.c`` on first use.
 
 On the CPU an eager quantizer costs several passes over memory: APoT's level lookup is a
 multiply, a clamp, a conversion and ``index_select`` (which runs on one thread), every
-clipping quantizer's backward is a masked copy and two dot products, and SRQ's backward a
-dozen passes around two sigmoids. The kernels in
-``kernels.c`` do each of these in one pass on every thread, with the same float32
-arithmetic, so they return the same bits (sums of the scale gradients are accumulated in
-double, so those differ from the eager dot products in the last bits; SRQ's backward
-computes the logistic density from one exp, more precisely than the eager ``S - S^2``).
+clipping quantizer's backward is a masked copy and two dot products, SRQ's backward a dozen
+passes around two sigmoids, and RQ builds ``numel x K`` tensors for its Gumbel-softmax. The
+kernels in ``kernels.c`` do each of these in one vectorized pass on every thread. Where an
+eager formula exists for the same result, they use its float32 arithmetic and return its
+bits (sums of the scale gradients are accumulated in double, so those differ from the eager
+dot products in the last bits; SRQ's and RQ's gradients are computed more precisely than the
+eager float32 formulas). RQ draws its noise from a counter-based generator seeded from
+torch's, so its samples differ from the eager path's (same distribution).
 
 The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``; about a second) into ``$LOWBIT_CACHE_DIR`` (default
-``~/.cache/lowbit``) and loaded with ctypes. Without a compiler, or with ``LOWBIT_NATIVE=0``,
-the quantizers run their eager PyTorch formulas: the same results, slower. The kernels serve
-float32 CPU tensors outside ``torch.compile`` (which fuses the eager formulas itself); GPUs
-and other dtypes always take the eager path.
+``~/.cache/lowbit``) and loaded with ctypes. Without a compiler, if the build fails, or with
+``LOWBIT_NATIVE=0``, the quantizers run their eager PyTorch formulas: the same results,
+slower. The kernels serve float32 CPU tensors outside ``torch.compile`` (which fuses the
+eager formulas itself); GPUs and other dtypes always take the eager path.
+
+Adding a kernel: a C function ``lowbit_NAME`` in ``kernels.c`` (a ``VECTORIZED`` range
+function over contiguous memory plus an OpenMP wrapper, as the others), its ctypes signature
+in ``_SIGNATURES``, a typed wrapper here, a ``usable(...)`` check at the call site with the
+eager formula as the other branch, and a test in ``tests/quant/test_native.py`` comparing the
+two.
 """
 
 from __future__ import annotations
