@@ -29,8 +29,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from lowbit.data.bundle import tensor_bundle
-from lowbit.data.cifar import CIFAR10, CIFAR10_CLASSES
+from lowbit.data.cifar import CIFAR10, CIFAR10_CLASSES, cifar_bundle
 from lowbit.data.registry import DataOptions
 from lowbit.models import build_model
 
@@ -107,10 +106,8 @@ def main() -> None:
         images, labels = synthetic_train_split()
         source = "synthetic uint8 CIFAR-shaped images (shared tarball absent or --synthetic)"
     options = DataOptions(batch_size=BATCH, device=device, seed=0)
-    train = tensor_bundle(
-        images, labels, images[:BATCH], labels[:BATCH], options, num_classes=10,
-        mean=CIFAR10.mean, std=CIFAR10.std, pad=4, flip=True,  # as lowbit's cifar10 builds it
-    ).train
+    # The test split is unused here: a batch of training images stands in for it.
+    train = cifar_bundle((images, labels, images[:BATCH], labels[:BATCH]), options, CIFAR10).train
 
     torch.manual_seed(0)
     model = build_model("resnet20", num_classes=10).to(device).train()

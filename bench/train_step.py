@@ -2,8 +2,10 @@
 
 ResNet-20 at CIFAR shape (3x32x32, 10 classes), batch 128, SGD with momentum over every
 parameter (the quantizers' alphas and step sizes included; lr 0, see ``make_step``); a step
-is forward, loss, backward and optimizer step. Models are quantized as users quantize them,
-``lowbit.quantize(model, method, bits)`` with its defaults (8-bit first and last layers).
+is the trainer's: the quantizers' progress hook, forward, loss plus the quantizers'
+regularization (``QuantizerHooks``), backward and optimizer step. Models are quantized as
+users quantize them, ``lowbit.quantize(model, method, bits)`` with its defaults (8-bit first
+and last layers).
 Every configuration and the float model are built in the same process and timed
 interleaved, each configuration's step right after a float step (float, A, float, B, ...),
 so that a change in machine load hits both sides of a ratio; each figure is the median of
@@ -35,6 +37,7 @@ from lowbit.adaptive import AdaptiveSettings, JointObjective, make_adaptive
 from lowbit.allocator import reuse_freed_memory
 from lowbit.models import build_model
 from lowbit.quant.registry import available_methods, get_method
+from lowbit.train.loop import QuantizerHooks
 
 BATCH, CLASSES, SHAPE = 128, 10, (3, 32, 32)
 DEFAULT_BITS = (2, 4)
@@ -45,6 +48,7 @@ NOT_A_METHOD = {"maxscale"}  # a first/last-layer rule (APoT authors' code)
 METHOD_TARGETS = {"rq": 1.6, "srq": 1.6, "srq-dropbits": 1.6}
 DEFAULT_TARGET = 1.25
 SET_TARGETS = {"coquant:8,6,4,2": 4.4}
+PROGRESS = 0.5  # the training fraction every timed step reports to annealing and schedules
 
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
@@ -85,12 +89,16 @@ def make_step(config: str | None, device: str) -> Step:
     # lr 0: the optimizer does all its work, but every repeat times the same model (at a real
     # lr, repeated steps on one batch drive RQ's sigma of the 8-bit layers through zero).
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0, momentum=0.9)
+    # As train_one_epoch does; on the float model the hooks find nothing and cost nothing.
+    hooks = QuantizerHooks(model)
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> None:
+        hooks.set_progress(PROGRESS)
         if objective is None:
             loss = F.cross_entropy(model(images), labels)
         else:
-            loss, _ = objective(images, labels, 0.5)
+            loss, _ = objective(images, labels, PROGRESS)
+        loss = loss + hooks.regularization_loss()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

@@ -18,7 +18,6 @@ from lowbit.errors import LowbitError
 
 def _train(args: argparse.Namespace) -> int:
     from lowbit.train.config import resolve_config
-    from lowbit.train.recipes import find_recipe
     from lowbit.train.run import resume, run_training
 
     if args.resume:
@@ -31,7 +30,7 @@ def _train(args: argparse.Namespace) -> int:
             overrides.append(f"init={args.init}")
         if args.out:
             overrides.append(f"out={args.out}")
-        recipe = find_recipe(args.recipe) if args.recipe else None  # a file or packaged name
+        recipe = args.recipe or None  # a file or packaged name; "" too runs the demo
         summary = run_training(resolve_config(recipe, overrides))
     if summary["run_dir"] is not None:  # rank 0 of a torchrun job, or a single process
         print(format_summary(summary))
@@ -243,6 +242,20 @@ def _diagnose(args: argparse.Namespace) -> int:
     return relaxed_diagnostics.main(options)
 
 
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``report`` and ``plot`` that build the model to look at (``load_model``)
+    and its sample input."""
+    parser.add_argument("--method", help="quantize a zoo model with this method")
+    parser.add_argument("--bits", type=int, help="bits of the method (with --method)")
+    parser.add_argument(
+        "--first-last-bits",
+        type=_layer_bits,
+        default=8,
+        help="bits of the first and last layers, or 'float' (default 8)",
+    )
+    parser.add_argument("--image-size", type=int, help="input side (default: the model's data)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lowbit", description="Low-bit quantization-aware training."
@@ -322,15 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="size, MACs, FixOPs and BitOPs per layer (APoT Table 1 conventions)"
     )
     report.add_argument("model", help="zoo model name or lowbit checkpoint")
-    report.add_argument("--method", help="quantize a zoo model with this method")
-    report.add_argument("--bits", type=int, help="bits of the method (with --method)")
-    report.add_argument(
-        "--first-last-bits",
-        type=_layer_bits,
-        default=8,
-        help="bits of the first and last layers, or 'float' (default 8)",
-    )
-    report.add_argument("--image-size", type=int, help="input side (default: the model's data)")
+    _add_model_arguments(report)
     report.add_argument("--json", action="store_true", help="print one JSON object")
     report.set_defaults(handler=_report)
 
@@ -339,16 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plot.add_argument("source", help="zoo model name, lowbit checkpoint, or sweep directory")
     plot.add_argument("-o", "--out", required=True, help="directory for the PNG files")
-    plot.add_argument("--method", help="quantize a zoo model with this method")
-    plot.add_argument("--bits", type=int, help="bits of the method (with --method)")
-    plot.add_argument(
-        "--first-last-bits",
-        type=_layer_bits,
-        default=8,
-        help="bits of the first and last layers, or 'float' (default 8)",
-    )
+    _add_model_arguments(plot)
     plot.add_argument("--layers", type=int, default=6, help="layers to show (default 6)")
-    plot.add_argument("--image-size", type=int, help="input side (default: the model's data)")
     plot.set_defaults(handler=_plot)
 
     export = commands.add_parser(

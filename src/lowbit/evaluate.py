@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from lowbit.adaptive.evaluation import evaluate_bit_widths
-from lowbit.adaptive.settings import adaptive_settings
+from lowbit.adaptive.settings import AdaptiveSettings, adaptive_settings
 from lowbit.adaptive.switchable import model_bit_widths
 from lowbit.errors import LowbitError
 from lowbit.train.build import data_from_config, model_from_config
@@ -106,9 +106,12 @@ def evaluate_checkpoint(
     bundle = data_from_config(config, target)
     checkpoint = {**checkpoint, "config": config}
     model = rebuild_model(checkpoint, bundle.num_classes, bundle.in_channels, source)
+    settings = adaptive_settings(config)
     if bits is not None:
         if calibration_batches is None:
-            calibration_batches = (config.get("adaptive") or {}).get("bn_calibration_batches", 20)
+            # Without an adaptive section, the default: evaluate_bit_widths then says that the
+            # model has one bit-width.
+            calibration_batches = (settings or AdaptiveSettings).bn_calibration_batches
         rows = evaluate_bit_widths(
             model.to(target), bits, bundle.test, bundle.train, calibration_batches
         )
@@ -123,12 +126,12 @@ def evaluate_checkpoint(
     metrics = evaluate(model.to(target), bundle.test)
     # A float stage, or a config whose bits are None (only overridden layers quantized).
     quantized = checkpoint.get("stage", "quant") == "quant" and config["bits"] is not None
-    adaptive = quantized and adaptive_settings(config)  # tested at its highest bit-width
     return {
         **metrics,
         "checkpoint": source,
         "model": config["model"]["name"],
         "method": config["method"] if quantized else "float",
-        "bits": (adaptive.bits[0] if adaptive else config["bits"]) if quantized else 32,
+        # An adaptive network is tested at its highest bit-width.
+        "bits": (settings.bits[0] if settings else config["bits"]) if quantized else 32,
         "data": config["data"]["name"],
     }

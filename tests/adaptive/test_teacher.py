@@ -32,7 +32,8 @@ def test_confidence_is_the_mean_true_label_probability():
 @pytest.mark.parametrize("lam", [0.0, 0.001, 0.05, 1.0])
 def test_the_teacher_is_the_argmax_of_the_score(lam):
     """Student 2 bits, candidates 8, 6, 4 with confidences 0.9, 0.8, 0.6 and weight distances
-    20, 10, 4: the choice is argmax(confidence - lambda * distance)."""
+    20, 10, 4: the choice is argmax(confidence - lambda * distance); lambda = 0 gives the most
+    confident (8), lambda = 1 the nearest (4)."""
     settings = AdaptiveSettings(bits=(8, 6, 4, 2), lam=lam)
     confidences = {8: 0.9, 6: 0.8, 4: 0.6}
     logits = {b: logits_with_confidence(p) for b, p in confidences.items()}
@@ -41,8 +42,6 @@ def test_the_teacher_is_the_argmax_of_the_score(lam):
     score = {b: confidences[b] - lam * distances[i, 3].item() for i, b in enumerate((8, 6, 4))}
     expected = max(score, key=score.get)
     assert pick_teacher(settings, 3, logits, LABELS, distances) == expected
-    # lambda = 0: the most confident; lambda = 1: the nearest.
-    assert {0.0: 8, 1.0: 4}.get(lam, expected) == expected
 
 
 def test_a_tie_goes_to_the_higher_bit_width():

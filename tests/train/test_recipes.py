@@ -12,9 +12,9 @@ from lowbit.train.recipes import find_recipe, packaged, read_yaml
 from lowbit.train.run import check_config, quantize_from_config
 from lowbit.train.sweep import load_spec, row_configs
 
-RECIPES = sorted(name for name, path in packaged().items() if isinstance(read_yaml(path), dict))
-SWEEPS = sorted(name for name in set(packaged()) - set(RECIPES) if "-apot-" in name)
-RECIPES = [name for name in RECIPES if name.startswith("apot-")]  # CoQuant's: tests/adaptive
+# APoT's recipes and sweeps; CoQuant's are checked in tests/adaptive.
+RECIPES = sorted(name for name in packaged() if name.startswith("apot-"))
+SWEEPS = sorted(name for name in packaged() if name.startswith("sweep-apot-"))
 CLASSES = {"cifar10": 10, "cifar100": 100, "imagenet": 1000}
 
 # APoT Table 2 (CIFAR-10) and Table 1 (ImageNet, top-1); the reproducibility report's

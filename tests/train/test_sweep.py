@@ -11,6 +11,8 @@ import yaml
 
 import lowbit.train.sweep as sweep
 from lowbit.errors import LowbitError
+from lowbit.train.config import resolve_config
+from lowbit.train.recipes import find_recipe
 from lowbit.train.sweep import Row, format_table, load_spec, run_sweep
 
 FAST = ["device=cpu", "float_epochs=0", "epochs=1"]  # the embedded digits set, one epoch
@@ -131,6 +133,24 @@ def test_table_lists_pending_rows():
         "paper": None, "paper_top1": None, "top1": None, "delta": None, "error": None,
     }
     assert "| r | resnet20 | cifar10 | 2/2 | - | pending | - | - |" in format_table([record], "t")
+
+
+def test_bits_label_of_an_adaptive_network_lists_its_bit_widths():
+    config = resolve_config(find_recipe("coquant-resnet18-cifar10-8642"))
+    assert sweep.bits_label(config) == "8/6/4/2"
+    single = resolve_config(find_recipe("coquant-resnet18-cifar10-8642"), ["adaptive.bits=null"])
+    assert sweep.bits_label(single) == "8/8"
+
+
+def test_report_files_get_the_umasks_default_mode(tmp_path):
+    mask = os.umask(0o027)
+    try:
+        sweep.write_report(tmp_path, [])
+    finally:
+        os.umask(mask)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json", "table.md"]
+    for name in ("sweep.json", "table.md"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o640
 
 
 def test_rows_from_recipes_are_named_after_them():

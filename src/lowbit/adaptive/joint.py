@@ -21,7 +21,7 @@ from torch import nn
 
 from lowbit.adaptive.settings import AdaptiveSettings
 from lowbit.adaptive.swap import student_probabilities, swap_blocks, swap_forward
-from lowbit.adaptive.switchable import set_bits
+from lowbit.adaptive.switchable import model_bit_widths
 from lowbit.adaptive.teacher import (
     bit_distances,
     choose_teacher,
@@ -62,6 +62,15 @@ def pick_teacher(
     return choose_teacher(candidates, teacher_scores(confidences, gaps, settings.lam))
 
 
+def _set_block_bits(blocks: Sequence[Sequence[nn.Module]], bits: int) -> None:
+    """Switch the modules of ``blocks`` to ``bits``: ``swap_blocks`` puts every switchable
+    module in one block, so this is ``set_bits`` without walking the whole model, which a
+    training step would otherwise do once per bit-width."""
+    for block in blocks:
+        for module in block:
+            module.set_bits(bits)
+
+
 def joint_loss(
     model: nn.Module,
     images: torch.Tensor,
@@ -76,6 +85,8 @@ def joint_loss(
     ``blocks`` are ``swap_blocks`` of the (unwrapped) model; ``progress`` is the fraction of
     training done (the swap schedule). Leaves the model at the highest bit-width.
     """
+    if not blocks:
+        model_bit_widths(model)  # raises the explanation for a single-precision model
     widths = settings.bits
     distances = None
     if settings.teacher == "dynamic" and len(widths) > 1:
@@ -91,13 +102,14 @@ def joint_loss(
             keep = student_probabilities(settings.p1, progress, len(blocks), settings.swap_schedule)
             output = swap_forward(model, blocks, bits, teacher, keep, images)
         else:
-            output = set_bits(model, bits)(images)
+            _set_block_bits(blocks, bits)
+            output = model(images)
         loss = F.cross_entropy(output, labels, label_smoothing=label_smoothing)
         if teacher is not None:
             loss = loss + distillation_loss(output, logits[teacher])
         total = total + loss
         logits[bits] = output
-    set_bits(model, widths[0])
+    _set_block_bits(blocks, widths[0])
     return total, logits
 
 

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.nn.quantize import LayerSpec, quantizable_layers, quantize
+from lowbit.nn.quantize import LayerSpec, quantizable_layers, quantize, set_submodule
 from lowbit.quant.dorefa import check_bit_widths, check_bits, nearest_index
 from lowbit.quant.registry import available_methods, get_method
 
@@ -150,7 +150,7 @@ def make_adaptive(
     )
     norms = [(name, m) for name, m in model.named_modules() if isinstance(m, BATCH_NORMS)]
     for name, norm in norms:
-        _set_submodule(model, name, SwitchableBatchNorm(norm, widths))
+        set_submodule(model, name, SwitchableBatchNorm(norm, widths))
     model.set_bits = partial(set_bits, model)
     return set_bits(model, widths[0])
 
@@ -171,9 +171,3 @@ def expand_batchnorms(
                 for bits in module.norms:
                     expanded.setdefault(f"{prefix}norms.{bits}.{key}", state[prefix + key])
     return expanded
-
-
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)

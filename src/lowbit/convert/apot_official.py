@@ -27,7 +27,7 @@ import lowbit
 from lowbit.errors import LowbitError
 from lowbit.evaluate import rebuild_model
 from lowbit.models import available_models
-from lowbit.train.checkpoint import save_checkpoint
+from lowbit.train.checkpoint import read_torch_file, save_checkpoint
 from lowbit.train.config import DEFAULTS, merge
 
 AUTHORS_MEAN = [0.491, 0.482, 0.447]
@@ -58,15 +58,7 @@ def parse_bits(text: str | int) -> int | None:
 def read_authors_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """The state dict without ``module.`` prefixes, and ``epoch`` / ``best_prec``."""
     path = Path(path)
-    if not path.is_file():
-        raise LowbitError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises several types, with multi-line messages
-        raise LowbitError(
-            f"{str(path)!r} is not a readable PyTorch checkpoint ({type(error).__name__}); "
-            "pass the authors' .pth.tar file"
-        ) from None
+    raw = read_torch_file(path, "PyTorch checkpoint", "; pass the authors' .pth.tar file")
     if isinstance(raw, dict) and "config" in raw and "model" in raw:
         raise LowbitError(f"{str(path)!r} is already a lowbit checkpoint; use it directly")
     state = raw.get("state_dict") if isinstance(raw, dict) else None

@@ -129,6 +129,19 @@ def load_tree(data_dir: Path, spec: CifarSpec, workers: int):
     return data["train_images"], data["train_labels"], data["test_images"], data["test_labels"]
 
 
+def cifar_bundle(
+    tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
+    options: DataOptions,
+    spec: CifarSpec,
+) -> DataBundle:
+    """The loaders of ``spec``'s four tensors as ``lowbit train`` builds them: normalized with
+    the spec's statistics, training batches pad-4 random-cropped and flipped."""
+    return tensor_bundle(
+        *tensors, options, num_classes=spec.num_classes, mean=spec.mean, std=spec.std,
+        pad=4, flip=True,
+    )
+
+
 def build_cifar(options: DataOptions, spec: CifarSpec) -> DataBundle:
     data_dir = require_dir(options.data_dir, spec.name, spec.expected)
     folder = find_pickle_folder(data_dir, spec)
@@ -136,10 +149,7 @@ def build_cifar(options: DataOptions, spec: CifarSpec) -> DataBundle:
         tensors = load_pickles(folder, spec)
     else:
         tensors = load_tree(data_dir, spec, options.workers)
-    return tensor_bundle(
-        *tensors, options, num_classes=spec.num_classes, mean=spec.mean, std=spec.std,
-        pad=4, flip=True,
-    )
+    return cifar_bundle(tensors, options, spec)
 
 
 @register_dataset("cifar10")

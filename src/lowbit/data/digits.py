@@ -13,7 +13,7 @@ from importlib import resources
 import numpy as np
 import torch
 
-from lowbit.data.loader import TensorLoader
+from lowbit.data.bundle import tensor_bundle
 from lowbit.data.registry import DataBundle, DataOptions, register_dataset
 
 NUM_CLASSES = 10
@@ -42,21 +42,6 @@ def load_digits(test_fraction: float = 0.2, seed: int = 0):
 @register_dataset("digits")
 def build_digits(options: DataOptions) -> DataBundle:
     """The embedded digits; training batches get a 1-pixel random shift (no flips: digits)."""
-    train_x, train_y, test_x, test_y = load_digits()
-    if options.limit:
-        train_x, train_y = train_x[: options.limit], train_y[: options.limit]
-    mean, std = options.normalization(MEAN, STD)
-    common = dict(mean=mean, std=std, device=options.device, seed=options.seed)
-    train = TensorLoader(
-        train_x,
-        train_y,
-        options.batch_size,
-        shuffle=True,
-        augment=True,
-        pad=1,
-        rank=options.rank,
-        world_size=options.world_size,
-        **common,
+    return tensor_bundle(
+        *load_digits(), options, num_classes=NUM_CLASSES, mean=MEAN, std=STD, pad=1
     )
-    test = TensorLoader(test_x, test_y, options.eval_batch_size, **common)
-    return DataBundle(train, test, NUM_CLASSES, in_channels=1, image_size=8)

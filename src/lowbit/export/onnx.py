@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import tempfile
 import warnings
 from pathlib import Path
 
@@ -28,8 +26,9 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.export.codes import broadcast_scale
 from lowbit.export.grids import GridSpec, quantizer_grid
-from lowbit.export.runtime import replace_module
-from lowbit.export.writer import current_umask, quantized_layers
+from lowbit.export.writer import quantized_layers
+from lowbit.files import atomic_write
+from lowbit.nn.quantize import set_submodule
 
 OPSET = 13  # per-channel QuantizeLinear (axis) needs 13
 RANGES = ((0, 255), (-128, 127))  # the integer ranges ONNX's 8-bit QuantizeLinear offers
@@ -121,7 +120,7 @@ def qdq_model(model: nn.Module) -> nn.Module:
             grid = quantizer_grid(layer.input_quantizer)
             input_qdq = QuantizeDequantize(*uniform_steps(grid.spec, grid.scale), clip=True)
         layer.weight_quantizer = layer.input_quantizer = None
-        replace_module(model, name, QDQLayer(layer, weight_qdq, input_qdq))
+        set_submodule(model, name, QDQLayer(layer, weight_qdq, input_qdq))
     return model
 
 
@@ -136,30 +135,22 @@ def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Pat
     if path.is_dir():
         raise LowbitError(f"{str(path)!r} is a directory; give the .onnx file to write")
     exportable = qdq_model(model)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(handle)
-    os.chmod(temporary, 0o666 & ~current_umask())  # mkstemp's 0600 is for the temporary only
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
-            torch.onnx.export(
-                exportable,
-                (sample,),
-                temporary,
-                dynamo=False,
-                opset_version=OPSET,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            )
-        model_proto = onnx.load(temporary)
+    with atomic_write(path) as temporary, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
+        location = str(temporary)  # the exporter takes a str, not a Path, as a file location
+        torch.onnx.export(
+            exportable,
+            (sample,),
+            location,
+            dynamo=False,
+            opset_version=OPSET,
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        )
+        model_proto = onnx.load(location)
         fold_weight_quantization(model_proto.graph)
-        onnx.save(model_proto, temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+        onnx.save(model_proto, location)
     return path
 
 

@@ -26,6 +26,7 @@ from lowbit.export.grids import GridSpec, grid_levels
 from lowbit.export.safetensors import read_safetensors
 from lowbit.export.writer import FORMAT, MANIFEST, TENSORS, VERSION, signature, weight_key
 from lowbit.models import build_model
+from lowbit.nn.quantize import set_submodule
 from lowbit.quant.project import (
     grid_cells,
     grid_table,
@@ -121,7 +122,7 @@ def load_runtime(export_dir: str | Path, model: nn.Module | None = None) -> nn.M
         if entry["input"] is not None:
             spec = manifest["grids"][entry["input"]]
             quantizer = ActivationQuantizer(spec, spec["rule"], scales[scale_at])
-            replace_module(model, entry["name"], InputQuantized(quantizer, layer))
+            set_submodule(model, entry["name"], InputQuantized(quantizer, layer))
             scale_at += 1
     return model.eval()
 
@@ -192,10 +193,3 @@ def _plain_layer(model: nn.Module, name: str) -> nn.Module:
             "layers (pass the float model, not a quantized one)"
         )
     return layer
-
-
-def replace_module(model: nn.Module, name: str, module: nn.Module) -> None:
-    """Put ``module`` where the submodule ``name`` of ``model`` is."""
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, module)

@@ -35,6 +35,7 @@ from lowbit.errors import LowbitError
 from lowbit.export.codes import encode, pack
 from lowbit.export.grids import GridSpec, code_bits, grid_levels, pot_terms, quantizer_grid
 from lowbit.export.safetensors import write_safetensors
+from lowbit.files import current_umask
 from lowbit.nn.layers import QConv2d, QLinear
 
 FORMAT, VERSION = "lowbit-export", 1
@@ -201,13 +202,6 @@ def _check_target(out_dir: Path) -> None:
                 f"{str(out_dir)!r} holds other files ({', '.join(extra[:3])}); export into a "
                 "new or empty directory"
             )
-
-
-def current_umask() -> int:
-    """The process's file-creation mask (reading it means setting it, so it is set back)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 @contextmanager

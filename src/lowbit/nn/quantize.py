@@ -153,7 +153,7 @@ def quantize(
     for index, (name, layer) in enumerate(layers):
         if plan[name] is None or float_downsample and is_downsample(layer):
             continue
-        _set_submodule(model, name, _quantized_layer(layer, plan[name], index > 0))
+        set_submodule(model, name, _quantized_layer(layer, plan[name], index > 0))
     return model
 
 
@@ -177,7 +177,9 @@ def _quantized_layer(
     return QUANTIZED_LAYERS[type(layer)].from_float(layer, weight_quantizer, input_quantizer)
 
 
-def _set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:
+    """Put ``module`` where the submodule ``name`` (a dotted name) of ``model`` is; the model
+    itself (``name`` empty) cannot be replaced in place."""
     if not name:
         raise LowbitError(
             "the model itself is a single Conv2d/Linear; wrap it in nn.Sequential to quantize it"

@@ -86,15 +86,14 @@ class _PACT(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, alpha, levels):
-        if native.usable(x):
+        if host_scalars(x):
             clip = float(alpha)
             step = clip / levels
-            out = native.uniform(x, native.CLIP_ROUND, step, 1.0 / step, 0.0, clip)
-        elif host_scalars(x):
-            clip = float(alpha)
-            step = clip / levels
-            out = torch.nn.functional.hardtanh(x, 0.0, clip)
-            out.mul_(1.0 / step).round_().mul_(step)
+            if native.usable(x):  # the same arithmetic in one pass
+                out = native.uniform(x, native.CLIP_ROUND, step, 1.0 / step, 0.0, clip)
+            else:
+                out = torch.nn.functional.hardtanh(x, 0.0, clip)
+                out.mul_(1.0 / step).round_().mul_(step)
         else:
             out = torch.minimum(x.relu(), alpha).mul_(levels / alpha).round_()
             out.mul_(alpha / levels)

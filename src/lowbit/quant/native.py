@@ -229,16 +229,15 @@ def clip_backward(
 
 
 def srq_round(
-    x: torch.Tensor, alpha: float, lo: int, hi: int
+    x: torch.Tensor, alpha: float, lo: int, hi: int, index_dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """SRQ's forward without masks: ``alpha * k`` with ``k = clamp(floor(x / alpha + 1/2),
-    lo, hi)``, and ``k`` as int8 (int16 when the grid needs it)."""
-    wide = not (lo >= -128 and hi <= 127)
+    lo, hi)``, and ``k`` as ``index_dtype`` (int8 or int16, wide enough for the grid)."""
     out = torch.empty_like(x)
-    k = torch.empty_like(x, dtype=torch.int16 if wide else torch.int8)
+    k = torch.empty_like(x, dtype=index_dtype)
     library().lowbit_srq_round(
-        x.data_ptr(), out.data_ptr(), k.data_ptr(), int(wide), x.numel(), alpha, lo, hi,
-        torch.get_num_threads(),
+        x.data_ptr(), out.data_ptr(), k.data_ptr(), int(index_dtype == torch.int16), x.numel(),
+        alpha, lo, hi, torch.get_num_threads(),
     )
     return out, k
 

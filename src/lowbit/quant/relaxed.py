@@ -183,13 +183,14 @@ class _SemiRelaxed(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, sigma, gates, runs):
         lo, hi = runs[0][0], runs[-1][1]
+        index_dtype = torch.int8 if lo >= -128 and hi <= 127 else torch.int16
         if gates is None and native.usable(x):  # the same rounding in one pass
-            out, k_int = native.srq_round(x, float(alpha), lo, hi)
+            out, k_int = native.srq_round(x, float(alpha), lo, hi, index_dtype)
         else:
             log_gates = None if gates is None else gates.log()
             k = srq_argmax(x, alpha, sigma, runs, log_gates)
             out = k * alpha
-            k_int = k.to(torch.int8 if lo >= -128 and hi <= 127 else torch.int16)
+            k_int = k.to(index_dtype)
         ctx.runs = runs
         ctx.save_for_backward(x, k_int, alpha, sigma, gates)
         return out

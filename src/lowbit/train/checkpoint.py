@@ -7,8 +7,6 @@ the previous checkpoint intact.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -16,38 +14,35 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.files import atomic_write
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> None:
     """Atomically write ``payload`` (tensors, dicts, lists, numbers, strings) to ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "wb") as f:
-            torch.save(payload, f)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)  # mkstemp makes it owner-only; a file should not be
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as temporary:
+        torch.save(payload, temporary)
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a lowbit checkpoint (``weights_only=True``: no code runs on load)."""
+def read_torch_file(
+    path: str | Path, what: str, hint: str = "", map_location: str | torch.device = "cpu"
+) -> Any:
+    """``torch.load(path, weights_only=True)`` (no code runs on load), failing with a one-line
+    ``LowbitError`` when it is missing or unreadable; the error calls it a ``what`` (e.g.
+    ``"lowbit checkpoint"``) and ends with ``hint`` (e.g. ``"; pass the .pth.tar file"``)."""
     path = Path(path)
     if not path.is_file():
         raise LowbitError(f"checkpoint {str(path)!r} does not exist")
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types, with multi-line messages
         raise LowbitError(
-            f"{str(path)!r} is not a readable lowbit checkpoint ({type(error).__name__})"
+            f"{str(path)!r} is not a readable {what} ({type(error).__name__}){hint}"
         ) from None
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Read a lowbit checkpoint (``weights_only=True``: no code runs on load)."""
+    checkpoint = read_torch_file(path, "lowbit checkpoint", map_location=map_location)
     if not isinstance(checkpoint, dict) or "model" not in checkpoint:
         raise LowbitError(f"{str(path)!r} is not a lowbit checkpoint (no 'model' entry)")
     return checkpoint

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable, Mapping
+from functools import reduce
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import yaml
 
 from lowbit.errors import LowbitError
+from lowbit.train.recipes import find_recipe
 
 # The embedded default run: digits, small CNN, float pre-training then APoT 4-bit fine-tuning.
 DEFAULTS: dict[str, Any] = {
@@ -122,45 +124,37 @@ def parse_override(text: str) -> dict[str, Any]:
     return value
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise LowbitError(f"recipe {str(path)!r} does not exist")
+def load_recipe(recipe: str | Path) -> dict[str, Any]:
+    """The config values of ``recipe``: a YAML file, or a packaged recipe's name."""
+    path = find_recipe(recipe)
     try:
-        recipe = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         raise LowbitError(f"recipe {str(path)!r} is not valid YAML: {error}") from None
-    if not isinstance(recipe, dict):
+    if not isinstance(values, dict):
         raise LowbitError(f"recipe {str(path)!r} must be a mapping of config keys")
-    return recipe
+    return values
 
 
-def method_preset(method: str, bits: Any) -> dict[str, Any]:
-    """The paper's training settings for ``method`` at ``bits`` (``presets.yaml``): its
-    ``any`` entry updated by its entry for ``bits``; ``{}`` when it has none."""
+def method_preset(method: str, bits: Any) -> list[dict[str, Any]]:
+    """The paper's training settings for ``method`` at ``bits`` (``presets.yaml``) as config
+    layers: its ``any`` entry, then its entry for ``bits``; ``[]`` when it has neither."""
     with resources.files("lowbit.train").joinpath("presets.yaml").open() as f:
         presets = yaml.safe_load(f).get(method) or {}
-    preset = copy.deepcopy(presets.get("any", {}))
-    for key, value in presets.get(bits, {}).items():
-        if isinstance(value, dict) and isinstance(preset.get(key), dict):
-            preset[key] = {**preset[key], **value}
-        else:
-            preset[key] = value
-    return preset
+    return [layer for layer in (presets.get("any"), presets.get(bits)) if layer]
 
 
 def resolve_config(
     recipe: str | Path | None = None, overrides: Iterable[str] = ()
 ) -> dict[str, Any]:
-    """DEFAULTS, the method's preset for its bits, the recipe, then each ``--set`` in order."""
+    """DEFAULTS, the method's preset for its bits, the recipe, then each ``--set`` in order.
+
+    ``recipe``: a YAML file or a packaged recipe's name."""
     layers = [load_recipe(recipe)] if recipe is not None else []
     layers += [parse_override(text) for text in overrides]
-    config = DEFAULTS
-    for layer in layers:
-        config = merge(config, layer)
+    # The recipe and --set choose the method and bits, which choose the preset beneath them.
+    config = reduce(merge, layers, DEFAULTS)
     preset = method_preset(config["method"], config["bits"])
     if preset:
-        config = merge(DEFAULTS, preset)
-        for layer in layers:
-            config = merge(config, layer)
-    return config
+        return reduce(merge, [*preset, *layers], DEFAULTS)
+    return config if layers else copy.deepcopy(DEFAULTS)  # never DEFAULTS itself

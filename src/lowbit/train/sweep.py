@@ -22,7 +22,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -31,10 +30,13 @@ from typing import Any
 
 import yaml
 
+from lowbit.adaptive import adaptive_settings
 from lowbit.errors import LowbitError
+from lowbit.files import atomic_write
 from lowbit.quant.registry import get_method
 from lowbit.train.config import resolve_config
 from lowbit.train.recipes import find_recipe, paper_label, paper_top1, read_yaml
+from lowbit.train.run import bits_label as weight_bits_label
 from lowbit.train.run import check_config, run_training
 
 ROW_KEYS = ("name", "recipe", "set", "init")
@@ -158,11 +160,16 @@ def check_unchanged(sweep_dir: Path, configs: dict[str, dict[str, Any]]) -> None
 
 
 def bits_label(config: dict[str, Any]) -> str:
-    """Weight / activation bits as the papers print them: ``"4/4"``, ``"32/32"`` for float."""
+    """Weight / activation bits as the papers print them: ``"4/4"``, ``"32/32"`` for float,
+    and for a network trained at several bit-widths the list of them, ``"8/6/4/2"``, as
+    CoQuant's tables print it (activations take each weight bit-width in turn)."""
     if not config["epochs"] or config["bits"] is None:
         return "32/32"
-    inputs = config["bits"] if get_method(config["method"]).input_quantizer else 32
-    return f"{config['bits']}/{inputs}"
+    weights = weight_bits_label(config)
+    if adaptive_settings(config) is not None:
+        return weights  # every switchable method quantizes its inputs at each width too
+    inputs = weights if get_method(config["method"]).input_quantizer else "32"
+    return f"{weights}/{inputs}"
 
 
 def _record(name: str, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -271,7 +278,5 @@ def write_report(sweep_dir: Path, records: Sequence[dict[str, Any]]) -> None:
 
 
 def _write_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.replace(temporary, path)
+    with atomic_write(path) as temporary:
+        temporary.write_text(text)
