@@ -127,14 +127,14 @@ def qdq_model(model: nn.Module) -> nn.Module:
 def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Path:
     """Write ``model`` (quantized with uniform grids: uniform, lsq, uniq) as an ONNX QDQ
     graph traced on ``sample`` (batch size free), atomically; returns ``path``."""
+    path = Path(path)
+    if path.is_dir():
+        raise LowbitError(f"{str(path)!r} is a directory; give the .onnx file to write")
+    exportable = qdq_model(model)  # first: a model ONNX cannot express fails with or without onnx
     try:
         import onnx
     except ImportError:
         raise LowbitError("ONNX export needs onnx: pip install 'lowbit[onnx]'") from None
-    path = Path(path)
-    if path.is_dir():
-        raise LowbitError(f"{str(path)!r} is a directory; give the .onnx file to write")
-    exportable = qdq_model(model)
     with atomic_write(path) as temporary, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         location = str(temporary)  # the exporter takes a str, not a Path, as a file location
