@@ -51,12 +51,15 @@ ROWS = sorted(TABLE_1)
 
 @functools.cache
 def table_row_cost(model: str, row: str, bits: int):
-    """The row as Table 1 prices it: APoT with 8-bit first/last layers, the other methods'
-    (uniform) rows with float first/last layers; on the meta device (shapes only)."""
+    """The row as Table 1 prices it: APoT with 8-bit APoT first/last layers (weights and
+    inputs), the other methods' (uniform) rows with float first/last layers; on the meta
+    device (shapes only)."""
     with torch.device("meta"):
         net = build_model(model)
-    if row != "float":
-        lowbit.quantize(net, row, bits, first_last_bits=8 if row == "apot" else None)
+    if row == "apot":
+        lowbit.quantize(net, row, bits, overrides={"conv1": 8, "fc": 8})
+    elif row != "float":
+        lowbit.quantize(net, row, bits, first_last_bits=None)
     return model_cost(net, torch.zeros(1, 3, 224, 224, device="meta"))
 
 

@@ -33,10 +33,34 @@ def test_swaps_layers_and_shares_parameters():
 
 
 def test_first_and_last_layers_get_8_bits_and_the_data_input_stays_float():
+    """APoT §4 as the authors' code does it: first and last layers at 8 bits by steps of
+    max(W) (no weight normalization), inputs float; other methods: 8 bits of their own."""
     model = lowbit.quantize(TinyNet(), "apot", bits=2)
+    for edge in (model.stem, model.head):
+        assert type(edge.weight_quantizer).__name__ == "MaxScaleQuantizer"
+        assert edge.weight_quantizer.bits == 8 and edge.input_quantizer is None
+    assert model.body[1].weight_quantizer.levels.tolist() == [-1.0, 0.0, 1.0]  # ternary
+    model = lowbit.quantize(TinyNet(), "lsq", bits=2)
     assert model.stem.weight_quantizer.bits == 8 and model.stem.input_quantizer is None
     assert model.head.weight_quantizer.bits == 8 and model.head.input_quantizer.bits == 8
-    assert model.body[1].weight_quantizer.levels.tolist() == [-1.0, 0.0, 1.0]  # ternary
+
+
+@pytest.mark.parametrize("method", ["apot", "pot", "uniform"])
+def test_apot_defaults_keep_a_pretrained_models_predictions(method):
+    """Item 4 of issue 12: quantize(model, "apot", 4) blew the logits up x176 in eval (8-bit
+    APoT with Eq. 9 on the classifier, no BatchNorm after it). Now the logits stay within the
+    quantization error (a few percent at 4 bits with 8-bit first/last layers)."""
+    torch.manual_seed(0)
+    model = TinyNet().eval()
+    x = torch.randn(16, 3, 8, 8)
+    with torch.no_grad():
+        model(x)  # nothing to calibrate: RCF thresholds are fixed numbers
+        reference = model(x)
+        lowbit.quantize(model, method, 4)
+        quantized = model(x)
+    ratio = quantized.norm() / reference.norm()
+    assert 0.8 < ratio < 1.25, ratio
+    assert (quantized - reference).norm() / reference.norm() < 0.3
 
 
 def test_first_last_none_keeps_them_float_and_overrides_by_pattern():
@@ -86,8 +110,7 @@ def test_override_mapping_names_another_method_and_bits_none_keeps_the_rest_floa
     model = lowbit.quantize(TinyNet(), "apot", None, overrides={"head": spec},
                             weight_options={"alpha": 5.0})
     assert type(model.body[1]) is nn.Conv2d  # bits=None: float
-    assert model.stem.weight_quantizer.level_set == "apot"  # first_last_bits=8
-    assert model.stem.weight_quantizer.alpha.item() == 5.0
+    assert type(model.stem.weight_quantizer).__name__ == "MaxScaleQuantizer"  # 8-bit edge
     head = model.head.weight_quantizer
     assert (head.level_set, head.bits, head.alpha.item()) == ("uniform", 3, 2.0)
     assert model.head.input_quantizer.alpha.item() == 8.0  # uniform's default, not apot's options
@@ -113,7 +136,7 @@ def test_bad_input_raises_one_clear_error(kwargs, message):
 
 
 def test_model_without_conv_or_linear_is_an_error():
-    with pytest.raises(LowbitError, match="no nn.Conv2d or nn.Linear"):
+    with pytest.raises(LowbitError, match="no convolution or linear layer"):
         lowbit.quantize(nn.Sequential(nn.ReLU()))
 
 

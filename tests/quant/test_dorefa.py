@@ -48,6 +48,7 @@ def test_modified_levels_nest_but_are_not_symmetric():
 def test_centered_levels_are_symmetric_and_bins_nest(bits):
     """CoQuant's default: bin centres (2k + 1) / 2^b - 1, Q(-w) = -Q(w); the (b-1)-bit code of a
     weight is its b-bit code without the last bit."""
+    torch.manual_seed(0)
     w = torch.randn(5000)
     q = dorefa_weight_quantize(w, bits, "centered")
     assert torch.equal(dorefa_weight_quantize(-w, bits, "centered"), -q)
@@ -84,14 +85,14 @@ def adabits_pact(x, alpha, bits):
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_pact_values_and_gradients_equal_autograd_of_the_formula(bits):
-    """PACT (Choi et al.) with AdaBits' rounding: x straight through inside [0, alpha], zero
-    outside; alpha gets (Q(x) - x) / alpha inside and 1 above."""
+def test_adabits_alpha_gradient_equals_autograd_of_its_formula(bits):
+    """PACT with AdaBits' rounding as autograd differentiates it (coquant): x straight through
+    inside [0, alpha], zero outside; alpha gets (Q(x) - x) / alpha inside and 1 above."""
     torch.manual_seed(0)
     x = (torch.randn(4000) * 4).requires_grad_()
     alpha = torch.tensor(5.0, requires_grad=True)
     g = torch.randn(4000)
-    out = pact_quantize(x, alpha, bits)
+    out = pact_quantize(x, alpha, bits, alpha_gradient="adabits")
     out.backward(g)
     grads = x.grad.clone(), alpha.grad.clone()
     x.grad = alpha.grad = None
@@ -100,6 +101,35 @@ def test_pact_values_and_gradients_equal_autograd_of_the_formula(bits):
     assert torch.allclose(out, reference, atol=1e-5)
     assert torch.allclose(grads[0], x.grad, atol=1e-6)
     assert grads[1].item() == pytest.approx(alpha.grad.item(), rel=1e-4)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_pact_alpha_gradient_is_pact_eq3(signed):
+    """PACT (Choi et al. 2018) Eq. 3: dy_q/dalpha = 1 for x >= alpha and 0 below (STE on the
+    rounding); two-sided, -1 for x <= -alpha. Today's LSQ-style gradient gave (Q - x)/alpha
+    inside as well."""
+    x = torch.tensor([-7.0, -2.0, -0.3, 0.0, 0.4, 1.3, 2.2, 3.0, 4.0, 9.0], requires_grad=True)
+    alpha = torch.tensor(3.0, requires_grad=True)
+    g = torch.arange(1.0, 11.0)
+    out = pact_quantize(x, alpha, 2, signed=signed)
+    out.backward(g)
+    if signed:  # step alpha / 1: ternary {-3, 0, 3}
+        assert out.tolist() == [-3.0, -3.0, 0.0, 0.0, 0.0, 0.0, 3.0, 3.0, 3.0, 3.0]
+        assert alpha.grad.item() == -1.0 + 8 + 9 + 10
+        assert x.grad.tolist() == [0.0, 2, 3, 4, 5, 6, 7, 0, 0, 0]
+    else:  # step alpha / 3: {0, 1, 2, 3}
+        assert out.tolist() == [0.0, 0, 0, 0, 0, 1, 2, 3, 3, 3]
+        assert alpha.grad.item() == 8 + 9 + 10
+        assert x.grad.tolist() == [0.0, 0, 0, 0, 5, 6, 7, 0, 0, 0]
+
+
+def test_signed_pact_grid_is_symmetric_with_a_zero_level():
+    """Two-sided PACT: clip to [-alpha, alpha], step alpha / (2^(b-1) - 1): 2^b - 1 levels."""
+    x = torch.linspace(-10, 10, 20001)
+    for bits in (2, 3, 4, 8):
+        levels = torch.unique(pact_quantize(x, torch.tensor(4.0), bits, signed=True))
+        n = 2 ** (bits - 1) - 1
+        torch.testing.assert_close(levels, torch.arange(-n, n + 1) * (4.0 / n))
 
 
 def test_pact_keeps_one_alpha_per_bit_width_and_borrows_the_nearest():
@@ -132,10 +162,13 @@ def test_switching_needs_a_bit_width_set_and_bits_in_2_to_8():
 
 def test_registered_methods():
     """dorefa: Eq. 2 weights, inputs clipped to [0, 1] (alpha fixed); pact and coquant learn
-    alpha; coquant rounds with the centered scheme."""
+    alpha; coquant rounds with AdaBits' modified scheme and keeps AdaBits' alpha gradient."""
     dorefa, pact, coquant = (get_method(name) for name in ("dorefa", "pact", "coquant"))
     assert dorefa.weight_quantizer(4).scheme == "original"
     fixed = dorefa.input_quantizer(4)
     assert fixed.alpha.item() == 1.0 and not fixed.alpha.requires_grad
     assert pact.input_quantizer(4).alpha.requires_grad
-    assert coquant.weight_quantizer(4).scheme == "centered"
+    assert coquant.weight_quantizer(4).scheme == "modified"
+    assert coquant.input_quantizer(4).alpha_gradient == "adabits"
+    assert pact.input_quantizer(4).alpha_gradient == "pact"
+    assert pact.input_quantizer(4, signed=True).signed

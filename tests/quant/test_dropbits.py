@@ -24,7 +24,7 @@ from lowbit.quant.dropbits import (
     mask_runs,
     smoothed_l0,
 )
-from lowbit.quant.relaxed import SRQQuantizer
+from lowbit.quant.relaxed import SRQQuantizer, round_to_grid
 
 
 def coverage(bits: int, design: str) -> dict[int, list[int]]:
@@ -102,17 +102,48 @@ def test_keep_probabilities_start_near_0_9_section_f():
 
 
 def test_one_mask_set_per_layer_and_deterministic_eval():
+    """Evaluation gates: every level without learned bits (Algorithm 1 DEPLOYMENT), the
+    levels with Pi >= 0.5 while bits are learned (§3.5); training samples Eq. 4."""
     masks = DropBitsMasks(4)
     with torch.no_grad():
         masks.logits.copy_(torch.tensor([1.0, -0.1, 0.0]))
     masks.eval()
-    assert masks.gates().tolist() == [1.0, 0.0, 1.0]  # keep where Pi >= 0.5
-    assert masks.gates().tolist() == [1.0, 0.0, 1.0]
+    assert masks.gates().tolist() == [1.0, 1.0, 1.0]  # l0_lambda = 0: the full grid
     assert masks.learned_bits() == "4"
+    learning = DropBitsMasks(4, l0_lambda=1e-3)
+    learning.load_state_dict(masks.state_dict())
+    learning.eval()
+    assert learning.gates().tolist() == [1.0, 0.0, 1.0]  # keep where Pi >= 0.5
+    assert learning.gates().tolist() == [1.0, 0.0, 1.0]
+    assert learning.learned_bits() == "4"
     masks.train()
     torch.manual_seed(0)
     samples = torch.stack([masks.gates() for _ in range(200)])
     assert samples.shape == (200, 3) and (samples.std(0) > 0).all()
+
+
+@pytest.mark.parametrize("design", ["bitwise", "endpoints"])
+def test_eval_without_learned_bits_rounds_onto_the_full_grid_algorithm_1(design):
+    """Algorithm 1, DEPLOYMENT: "W_hat = min(max(alpha Round(W / alpha), g_0), g_(2^b-1))".
+    With l0_lambda = 0 the masks only add noise in training (§3.3): evaluation keeps every
+    level even where the keep probability Pi fell below 0.5, and learned_bits says so."""
+    torch.manual_seed(0)
+    q = SRQQuantizer(3, alpha=0.1, masks=design)
+    with torch.no_grad():
+        q.masks.logits.fill_(-2.0)  # Pi = 0.12 for every mask
+    q.eval()
+    x = torch.randn(5000) * 0.3
+    assert torch.equal(q(x), round_to_grid(x, q.alpha.detach(), -4, 3))
+    assert q.masks.learned_bits() == "3"
+
+    learning = SRQQuantizer(3, alpha=0.1, masks="bitwise", l0_lambda=1e-3)
+    with torch.no_grad():
+        learning.masks.logits.fill_(-2.0)
+    learning.eval()  # bits are learned (bitwise masks): the levels with Pi < 0.5 are gone
+    torch.testing.assert_close(
+        learning(x), torch.round(x / 0.1).clamp(-1, 1) * 0.1, rtol=0, atol=1e-7
+    )
+    assert learning.masks.learned_bits() == "T"
 
 
 def test_regularizer_touches_only_the_highest_alive_level_section_3_5():
@@ -149,6 +180,10 @@ def test_levels_below_half_are_dropped_for_good_after_the_regularized_phase():
     masks.set_progress(0.9)
     assert masks.learned_bits() == "2"
     assert all(masks.gates()[1:].eq(0)) and masks.train().gates()[1:].eq(0).all()
+    with torch.no_grad():
+        masks.logits[0] = -3.0  # and kept stays kept: evaluation and learned_bits agree
+    assert masks.eval().gates().tolist() == [1.0, 0.0, 0.0]
+    assert masks.learned_bits() == "2"
 
     resumed = DropBitsMasks(4, l0_lambda=1e-3, l0_fraction=0.6)
     resumed.load_state_dict(masks.state_dict())

@@ -218,9 +218,9 @@ def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
 @pytest.mark.parametrize("bits,signed", [(2, True), (4, True), (4, False), (8, False), (8, True)])
 def test_srq_forward_bitwise_backward_at_least_as_precise_as_eager(monkeypatch, bits, signed):
     """Forward: the eager rounding's bits (the 8-bit unsigned grid keeps k in 16 bits, the
-    others in 8). Backward: no further from a float64 evaluation than the eager float32
-    (the kernel takes the cancelling terms of A in double and the logistic density from one
-    exp, where the eager formulas lose bits)."""
+    others in 8). Backward (Eq. 3 through r = pi / sum_j pi_j): no further from a float64
+    evaluation than the eager float32 (the kernel takes the cancelling terms of the cell's
+    and the grid's edges in double, where the eager formulas lose bits)."""
     from lowbit.quant.relaxed import grid_bounds, semi_relaxed_quantize
 
     lo, hi = grid_bounds(bits, signed)

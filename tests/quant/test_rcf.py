@@ -82,7 +82,7 @@ def test_detached_weight_normalization_is_the_apot_authors_eq9():
     """Eq. 9 as the authors' code computes it: unbiased std, no eps, mean and std constants."""
     w = (torch.randn(16, 8, 3, 3) * 0.05).requires_grad_()
     quantizer = RCFQuantizer("apot", 4, signed=True, alpha=3.0, normalize=True,
-                             normalization="detached")
+                             normalization="detached", rescale=False)
     n = normalize_weight(w, **WEIGHT_NORMALIZATIONS["detached"])
     torch.testing.assert_close(n, (w - w.mean()) / w.std(correction=1), rtol=0, atol=0)
     g = torch.randn_like(w)
@@ -121,11 +121,54 @@ def test_divide_first_ties_go_toward_zero_and_signed_data_keep_their_sign():
     assert RCFQuantizer("apot", 2, signed=True, alpha=1.5)(x)[0] == 1.5
 
 
-def test_weight_quantizer_normalizes_then_quantizes():
+def test_weight_quantizer_normalizes_quantizes_then_rescales():
+    """Eq. 9 then Eq. 7, times Eq. 9's std + eps (the float weight's scale is kept)."""
     quantizer = get_method("apot").weight_quantizer(4)
     w = torch.randn(8, 4, 3, 3) * 0.1
+    divisor = w.std(correction=0) + 1e-5
     expected = rcf_quantize(normalize_weight(w), quantizer.alpha, quantizer.levels, signed=True)
-    torch.testing.assert_close(quantizer(w), expected)
+    torch.testing.assert_close(quantizer(w), expected * divisor)
+    literal = RCFQuantizer("apot", 4, signed=True, alpha=3.0, normalize=True, rescale=False)
+    torch.testing.assert_close(literal(w), expected)
+
+
+def test_rescaled_weights_leave_batchnorm_training_unchanged():
+    """A BatchNorm in training mode after the conv removes the rescale: same loss and the same
+    gradients for the weight and alpha as the paper's literal output."""
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6)
+    grads = []
+    for rescale in (True, False):
+        torch.manual_seed(1)
+        conv = torch.nn.Conv2d(3, 4, 3, bias=False)
+        bn = torch.nn.BatchNorm2d(4, eps=1e-12)
+        quantizer = RCFQuantizer("apot", 4, signed=True, alpha=3.0, normalize=True,
+                                 rescale=rescale, clip_input_gradient=False)
+        out = bn(torch.nn.functional.conv2d(x, quantizer(conv.weight)))
+        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
+        loss.backward()
+        grads.append((loss.detach(), conv.weight.grad, quantizer.alpha.grad))
+    for rescaled, literal in zip(*grads):
+        torch.testing.assert_close(rescaled, literal, rtol=1e-4, atol=1e-5)
+
+
+def test_apot_weight_gradient_is_straight_through_beyond_alpha():
+    """APoT §2.5: "we use STE when computing the gradients of weights, dW_hat/dW_tilde = 1",
+    also for normalized weights beyond +-alpha (Eq. 8's clipped STE is for activations); alpha
+    keeps Eq. 8 (sign(W) outside)."""
+    quantizer = get_method("apot").weight_quantizer(2, normalize=False)
+    with torch.no_grad():
+        quantizer.alpha.fill_(1.0)
+    w = torch.tensor([0.2, -0.7, 1.5, -2.5], requires_grad=True)
+    quantizer(w).backward(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    assert w.grad.tolist() == [1.0, 2.0, 3.0, 4.0]
+    # Ternary levels {-1, 0, 1}: Pi(0.2) - 0.2, Pi(-0.7) + 0.7, then sign(W) outside.
+    expected = 1.0 * (0 - 0.2) + 2.0 * (-1 + 0.7) + 3.0 * 1 + 4.0 * -1
+    torch.testing.assert_close(quantizer.alpha.grad, torch.tensor(expected))
+    activation = get_method("apot").input_quantizer(2)
+    x = torch.tensor([0.5, 9.0], requires_grad=True)
+    activation(x).sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0]  # activations keep the clipped STE (Eq. 8)
 
 
 def test_quantizer_state_dict_holds_only_alpha_and_loads_across_bits():

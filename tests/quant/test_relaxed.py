@@ -6,10 +6,12 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 import lowbit
 from lowbit.errors import LowbitError
+from lowbit.nn.calibrate import calibrate
 from lowbit.quant.dropbits import NO_MASK, mask_count, mask_groups, mask_runs
 from lowbit.quant.relaxed import (
     RQQuantizer,
@@ -18,6 +20,7 @@ from lowbit.quant.relaxed import (
     local_window,
     log_cell_probability,
     relaxed_quantize,
+    round_to_grid,
     semi_relaxed_quantize,
     srq_argmax,
 )
@@ -74,67 +77,131 @@ def test_srq_forward_without_masks_is_clamped_rounding_eq3(bits, signed):
     torch.testing.assert_close(q(x), expected, rtol=0, atol=1e-7)
 
 
-def test_srq_gradients_match_hand_derived_eq3():
-    """Multi-class STE: dL/dr_imax = dL/dy_imax = G g_imax, through pi_imax only (§3.2):
-    dpi/dx = (S(B)S(-B) - S(A)S(-A)) / sigma with A, B the cell's upper and lower edges."""
-    torch.manual_seed(1)
-    lo, hi = -4, 3
-    x = torch.randn(40, dtype=F64) * 0.6
-    x[0] = 2 * 0.3  # exactly on a grid point
-    x.requires_grad_()
-    alpha = torch.tensor(0.3, dtype=F64, requires_grad=True)
-    sigma = torch.tensor(0.12, dtype=F64, requires_grad=True)
-    G = torch.randn(40, dtype=F64)
-    out = semi_relaxed_quantize(x, alpha, sigma, [(lo, hi, NO_MASK)])
-    gx, ga, gs = torch.autograd.grad(out, (x, alpha, sigma), G)
+def paper_srq(x, alpha, sigma, lo, hi, point_gate=None, normalized=True):
+    """Algorithm 1 lines 6-17 over the FULL grid, with explicit [n, 2^b] tensors:
 
-    with torch.no_grad():
-        a_, s_, xd = alpha.item(), sigma.item(), x.detach()
-        k = torch.round(xd / a_).clamp(lo, hi)
-        g = a_ * k
-        A = (g + a_ / 2 - xd) / s_
-        B = (g - a_ / 2 - xd) / s_
-        dA, dB = torch.sigmoid(A) * torch.sigmoid(-A), torch.sigmoid(B) * torch.sigmoid(-B)
-        dpi_dx = (dB - dA) / s_
-        dpi_dalpha = (dA * (k + 0.5) - dB * (k - 0.5)) / s_
-        dpi_dsigma = -(dA * A - dB * B) / s_
-    torch.testing.assert_close(gx, G * g * dpi_dx)
-    torch.testing.assert_close(ga, (G * k).sum() + (G * g * dpi_dalpha).sum())
-    torch.testing.assert_close(gs, (G * g * dpi_dsigma).sum())
-    # On its grid point the x gradient vanishes (§3.2: weights cluster on the grid); so
-    # does every gradient into x of a weight at the zero point (dL/dy_imax = G g_imax = 0).
-    assert abs(gx[0].item()) < 1e-12 < gx[1:][k[1:] != 0].abs().min().item()
-    assert (gx[k == 0] == 0).all()
+        6: I = G - alpha/2 (and the next shifted point, g_last + alpha/2)
+        7: F = Sigmoid((I - x) / sigma)
+        8: pi_i = F[i + 1] - F[i] for i = 0, ..., 2^b - 1
+        11: pi~ = pi Z   12: r_i = pi~_i / sum_j pi~_j   (14: r_i = pi_i / sum_j pi_j)
+        16: y = one_hot[argmax_i r_i]   17: x_hat = y G
+
+    with Eq. 3's multi-class straight-through estimator "dL/dr_imax = dL/dy_imax and
+    dL/dr_i = 0 for i != imax": y_imax + y_imax (r_imax - r_imax.detach()).
+    ``normalized=False`` takes it through pi~_imax instead (lowbit's old gradient)."""
+    k = torch.arange(lo, hi + 1, dtype=x.dtype)
+    edges = alpha * (torch.arange(lo, hi + 2, dtype=x.dtype) - 0.5)
+    cdf = torch.sigmoid((edges - x[:, None]) / sigma)
+    pi = cdf[:, 1:] - cdf[:, :-1]
+    # The same difference taken from the upper tail, 1 - F, where F is near 1 (cells above x).
+    upper_tail = torch.sigmoid((x[:, None] - edges) / sigma)
+    pi = torch.where(alpha * k > x[:, None], upper_tail[:, :-1] - upper_tail[:, 1:], pi)
+    score = pi if point_gate is None else pi * point_gate
+    r = score / score.sum(-1, keepdim=True) if normalized else score
+    y = F.one_hot(score.detach().argmax(-1), hi - lo + 1).to(x.dtype)
+    y = y + y * (r - r.detach())
+    return (y * alpha * k).sum(-1)
 
 
-@pytest.mark.parametrize(
-    "bits,design", [(2, "bitwise"), (3, "bitwise"), (4, "bitwise"), (3, "endpoints")]
-)
-def test_srq_dropbits_matches_full_grid_autograd_reference(bits, design):
-    """With masks the forward is the argmax of Z pi over the whole grid and the backward
-    is autograd through y_imax = Z pi_imax (straight-through), gates included."""
-    torch.manual_seed(bits)
-    lo, hi = grid_bounds(bits, True)
-    x = (torch.randn(300, dtype=F64) * 0.3 * 2 ** (bits - 1)).requires_grad_()
-    alpha = torch.tensor(0.3, dtype=F64, requires_grad=True)
-    sigma = torch.tensor(0.35, dtype=F64, requires_grad=True)
-    gates = torch.rand(mask_count(bits, design), dtype=F64)
-    gates[0] = 0.0  # a dropped level
-    gates.requires_grad_()
-    G = torch.randn(300, dtype=F64)
-    out = semi_relaxed_quantize(x, alpha, sigma, mask_runs(bits, design), gates)
-    grads = torch.autograd.grad(out, (x, alpha, sigma, gates), G)
-
+def gate_per_point(gates, bits, design):
     groups = torch.tensor(mask_groups(bits, design))
-    point_gate = torch.where(groups == NO_MASK, 1.0, gates[groups.clamp(min=0)])
-    score = point_gate * full_grid_pi(x, alpha, sigma, lo, hi)
-    imax = score.detach().argmax(-1, keepdim=True)
-    chosen = score.gather(-1, imax)[:, 0]
-    reference = (chosen - chosen.detach() + 1) * alpha * (imax[:, 0] + lo).to(F64)
-    torch.testing.assert_close(out, reference.detach())
-    expected = torch.autograd.grad(reference, (x, alpha, sigma, gates), G)
-    for got, want in zip(grads, expected):
-        torch.testing.assert_close(got, want)
+    return torch.where(groups == NO_MASK, 1.0, gates[groups.clamp(min=0)])
+
+
+def srq_case(bits, signed, design, dtype, n=400, seed=0):
+    """Random x over the grid and 3 steps past its ends, G, alpha, sigma (and gates, one of
+    them 0: a dropped level); the lowbit SRQ's and the full-grid reference's gradients."""
+    generator = torch.Generator().manual_seed(seed)
+    lo, hi = grid_bounds(bits, signed)
+    alpha, sigma = torch.tensor(0.3, dtype=F64), torch.tensor(0.11, dtype=F64)
+    x = torch.rand(n, generator=generator, dtype=F64) * (hi - lo + 6) + lo - 3
+    x = x * alpha
+    G = torch.randn(n, generator=generator, dtype=F64)
+    gates = None
+    if design is not None:
+        gates = torch.rand(mask_count(bits, design), generator=generator, dtype=F64) * 0.9 + 0.1
+        gates[-1] = 0.0
+    # float32 values, so that both sides see the same x, alpha, sigma and gates.
+    leaves = [t.float().double() for t in (x, alpha, sigma, gates) if t is not None]
+    runs = [(lo, hi, NO_MASK)] if design is None else mask_runs(bits, design)
+
+    ours = [t.to(dtype).requires_grad_() for t in leaves]
+    out = semi_relaxed_quantize(ours[0], ours[1], ours[2], runs, *ours[3:])
+    got = torch.autograd.grad(out, ours, G.to(dtype))
+
+    refs = [t.clone().requires_grad_() for t in leaves]
+    point_gate = None if design is None else gate_per_point(refs[3], bits, design)
+    reference = paper_srq(refs[0], refs[1], refs[2], lo, hi, point_gate)
+    torch.testing.assert_close(out.double(), reference.detach(), rtol=1e-6, atol=1e-7)
+    want = torch.autograd.grad(reference, refs, G)
+    return [g.double() for g in got], list(want)
+
+
+SRQ_CASES = [
+    (2, True, None), (3, True, None), (4, True, None), (2, False, None), (4, False, None),
+    (8, False, None), (2, True, "bitwise"), (3, True, "bitwise"), (4, True, "bitwise"),
+    (3, True, "endpoints"), (4, True, "endpoints"),
+]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, F64], ids=["float32", "float64"])
+@pytest.mark.parametrize("bits,signed,design", SRQ_CASES)
+def test_srq_gradients_are_eq3_through_normalized_r(bits, signed, design, dtype):
+    """Eq. 3 (Algorithm 1 lines 11-16): "Backward: dL/dr_imax = dL/dy_imax", with
+    r = Z pi / sum_j Z_j pi_j over the whole grid. x, alpha, sigma and gate gradients equal
+    autograd of the explicit full-grid reference, signed and unsigned, with and without
+    DropBits masks; float32 runs the CPU kernels (no masks) on the native path."""
+    got, want = srq_case(bits, signed, design, dtype)
+    tolerance = 1e-9 if dtype == F64 else 2e-4
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, rtol=0, atol=tolerance * w.abs().max().item())
+    # dL/dy_imax = G alpha k_imax: no gradient into x where the chosen point is 0.
+
+
+def test_srq_gradient_differs_from_the_unnormalized_z_pi_estimator():
+    """Eq. 3 is taken through r_imax = pi_imax / sum_j pi_j, not through pi_imax (lowbit's old
+    estimator): near the ends of a 2-bit grid the sum is far from 1 and the two differ by
+    more than 10% in every gradient; lowbit's matches the normalized one."""
+    lo, hi = grid_bounds(2, True)
+    alpha, sigma = torch.tensor(0.3, dtype=F64), torch.tensor(0.11, dtype=F64)
+    x = torch.tensor([-0.47, 0.22, 0.41], dtype=F64)  # on -2 and 1, near the grid's ends
+    G = torch.tensor([1.0, -0.5, 0.8], dtype=F64)
+    results = []
+    for fn in (
+        lambda x, a, s: semi_relaxed_quantize(x, a, s, [(lo, hi, NO_MASK)]),
+        lambda x, a, s: paper_srq(x, a, s, lo, hi),
+        lambda x, a, s: paper_srq(x, a, s, lo, hi, normalized=False),
+    ):
+        leaves = [t.clone().requires_grad_() for t in (x, alpha, sigma)]
+        results.append(torch.autograd.grad(fn(*leaves), leaves, G))
+    ours, paper, old = results
+    for g, p, o in zip(ours, paper, old):
+        torch.testing.assert_close(g, p, rtol=1e-9, atol=1e-12)
+        assert ((o - p).abs() > 0.1 * p.abs()).all()
+
+
+def srq_gradients(x, G, sigma, dtype):
+    leaves = [t.to(dtype).requires_grad_() for t in (x, torch.tensor(0.1), torch.tensor(sigma))]
+    out = semi_relaxed_quantize(*leaves, [(-8, 7, NO_MASK)])
+    return [g.double() for g in torch.autograd.grad(out, leaves, G.to(dtype))]
+
+
+@pytest.mark.parametrize("sigma", [1e-3, 0.04, 100.0])
+def test_srq_gradients_stay_finite_and_precise_far_outside_the_grid(sigma):
+    """sum_j pi_j telescopes to S(U) - S(L) (Algorithm 1 line 8 summed); the gradients are
+    taken as ratios to it, never forming it, so they stay finite 1e6 grid steps out and, up to
+    1e4 steps out, match float64 (where the full-grid reference's sigmoid differences are 0/0:
+    lowbit's own float64 path, which the test above ties to the reference)."""
+    x = torch.tensor([-1e5, -1e3, -30.0, -0.77, -0.24, 0.0, 0.26, 0.68, 12.7, 30.0, 1e3, 1e5])
+    G = torch.linspace(-1.0, 1.0, 12)
+    got, want = srq_gradients(x, G, sigma, torch.float32), srq_gradients(x, G, sigma, F64)
+    assert all(torch.isfinite(g).all() for g in got)
+    torch.testing.assert_close(got[0], want[0], rtol=1e-4, atol=1e-5)
+    inner = slice(1, -1)  # the scale gradients without the elements 1e6 steps out
+    got = srq_gradients(x[inner], G[inner], sigma, torch.float32)
+    want = srq_gradients(x[inner], G[inner], sigma, F64)
+    for g, w in zip(got[1:], want[1:]):
+        torch.testing.assert_close(g, w, rtol=1e-3, atol=1e-4)
 
 
 def test_srq_memory_has_no_numel_by_grid_tensor():
@@ -241,6 +308,41 @@ def test_observe_starts_alpha_from_data_lsq_rule():
     loaded.load_state_dict(fixed.state_dict())
     loaded(b)
     assert loaded.alpha.item() == 0.25
+
+
+@pytest.mark.parametrize("method", ["rq", "srq", "srq-dropbits"])
+@pytest.mark.parametrize("signed", [True, False])
+def test_layer_input_quantizers_signed_and_unsigned_with_calibration(method, signed):
+    """§3.1: grids alpha[-2^(b-1), ..., 2^(b-1)-1] for values of both signs (weights, and
+    layer inputs that can be negative), alpha[0, ..., 2^b-1] after a ReLU. Calibration
+    (``calibrate``, which calls ``observe`` before each batch) sets alpha to the running
+    maximum of LSQ's 2 E|x| / sqrt(Q_P) and sigma = alpha / 3; evaluation is Algorithm 1
+    DEPLOYMENT's (Algorithm 3 for RQ) clamp(alpha round(x / alpha)); training reaches alpha
+    and sigma. Inputs never get DropBits masks."""
+    torch.manual_seed(0)
+    q = lowbit.get_method(method).input_quantizer(3, signed=signed)
+    lo, hi = grid_bounds(3, signed)
+    assert (q.lo, q.hi) == (lo, hi) and getattr(q, "masks", None) is None
+    batches = [torch.randn(64, 8) * scale for scale in (1.0, 2.0, 0.5)]
+    if not signed:
+        batches = [x.relu() for x in batches]
+    assert calibrate(q, batches, 3) == 3
+    expected = max(2 * x.abs().mean() / math.sqrt(hi) for x in batches)
+    torch.testing.assert_close(q.alpha.detach(), expected)
+    torch.testing.assert_close(q.sigma.detach(), expected / 3)
+
+    x = batches[1]
+    alpha = q.alpha.detach()
+    out = q.eval()(x)
+    torch.testing.assert_close(out, round_to_grid(x, alpha, lo, hi), rtol=0, atol=1e-6)
+    assert bool((out < 0).any()) == signed
+    q.train()
+    out = q(x)
+    assert out.min() >= lo * alpha - 1e-5 and out.max() <= hi * alpha + 1e-5
+    out.square().sum().backward()
+    assert q.alpha.grad.abs() > 0 and q.sigma.grad is not None
+    q.observe(10 * x)  # training started: calibration is over
+    torch.testing.assert_close(q.alpha.detach(), expected)
 
 
 def test_bad_options_raise_lowbit_error():

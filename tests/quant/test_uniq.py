@@ -283,3 +283,29 @@ def test_one_bit_model_trains_a_step():
     assert torch.unique(middle.weight_quantizer(middle.weight)[0]).numel() == 2
     assert middle.weight_quantizer.step.grad is not None
     assert middle.input_quantizer.step.grad is not None
+
+
+def test_loading_another_bit_widths_step_reinitializes_it():
+    """Issue 12 item 6 (UniQ §4.2, Table 1: each bit-width starts from its own MSE-optimal
+    step): a 1-bit quantizer loaded from a 2-bit one's state re-initializes from data instead
+    of keeping the 2-bit step (0.350 instead of 0.659 for activations before the change).
+    The same bit-width keeps its learned step."""
+    torch.manual_seed(0)
+    x = torch.randn(4096).relu()
+    w = torch.randn(16, 8, 3, 3)
+    two_input, two_weight = uniq_input_quantizer(2), uniq_weight_quantizer(2)
+    two_input.observe(x)
+    two_weight.observe(w)
+    one_input, one_weight = uniq_input_quantizer(1), uniq_weight_quantizer(1)
+    one_input.load_state_dict(two_input.state_dict())
+    one_weight.load_state_dict(two_weight.state_dict())
+    assert not one_input.initialized and not one_weight.initialized
+    one_input.observe(x)
+    one_weight.observe(w)
+    expected_input = optimal_step_size(2, "activation") * (2 * x.square().mean()).sqrt()
+    torch.testing.assert_close(one_input.step.detach(), expected_input)
+    expected_weight = optimal_step_size(2, "weight") * w.reshape(16, -1).std(1, correction=0)
+    torch.testing.assert_close(one_weight.step.detach(), expected_weight)
+    again = uniq_input_quantizer(2)
+    again.load_state_dict(two_input.state_dict())
+    assert again.initialized and again.step.item() == two_input.step.item()

@@ -80,3 +80,13 @@ def test_relaxed_methods_default_to_adam_at_every_bit_width():
             config = resolve_config(None, [f"method={method}", f"bits={bits}"])
             assert config["optimizer"]["name"] == "adam"
             assert config["optimizer"]["lr"] == 0.0005
+
+
+def test_uniq_and_lsq_step_sizes_get_no_weight_decay():
+    """Issue 12 item 8: UniQ §5.1 trains step sizes without weight decay (its authors' code
+    runs LSQ the same way); APoT keeps its alpha decay of 1e-4 (APoT §C.2)."""
+    for method in ("uniq", "lsq"):
+        for bits in (2, 4):
+            config = resolve_config(None, [f"method={method}", f"bits={bits}"])
+            assert config["quantizer_optim"]["weight_decay"] == 0.0
+    assert resolve_config(None, ["method=apot"])["quantizer_optim"]["weight_decay"] == 1e-4

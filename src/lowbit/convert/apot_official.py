@@ -9,7 +9,9 @@ Their model is our ``resnet<depth>`` with 1x1 conv + BN shortcuts, quantized so:
 * every other conv, shortcuts included: APoT weights (Eq. 9 normalization with the mean and
   the unbiased std taken as constants, no epsilon: ``normalization="detached"``) and APoT
   activations, alpha in ``weight_quant.wgt_alpha`` / ``act_alpha``, both rounded as their code
-  rounds (``divide_first``: divide by alpha, then project);
+  rounds (``divide_first``: divide by alpha, then project), and the quantized weight fed to
+  the conv without lowbit's ``std`` rescale (``rescale=False``), as their BatchNorm statistics
+  were collected on it;
 * inputs normalized with mean (0.491, 0.482, 0.447) and std (0.247, 0.243, 0.262).
 
 The imported checkpoint's ``config`` says all of this, so ``lowbit eval`` and ``--init``
@@ -101,7 +103,9 @@ def authors_config(
             "method": "apot",
             "bits": bits,
             "overrides": {"conv1": FIRST_LAST, "fc": FIRST_LAST},
-            "weight_options": {"normalization": "detached", "divide_first": True},
+            "weight_options": {
+                "normalization": "detached", "divide_first": True, "rescale": False,
+            },
             "input_options": {"divide_first": True},
             "float_epochs": 0,
         },

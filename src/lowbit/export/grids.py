@@ -29,7 +29,7 @@ from lowbit.errors import LowbitError
 from lowbit.quant.levels import apot_terms
 from lowbit.quant.levels import levels as named_levels
 from lowbit.quant.maxscale import MaxScaleQuantizer
-from lowbit.quant.rcf import WEIGHT_NORMALIZATIONS, RCFQuantizer, normalize_weight
+from lowbit.quant.rcf import WEIGHT_NORMALIZATIONS, RCFQuantizer, weight_statistics
 from lowbit.quant.uniform import LearnedStepQuantizer
 
 GridSpec = dict[str, Any]
@@ -91,7 +91,7 @@ def pot_terms(spec: GridSpec) -> tuple[torch.Tensor, float] | None:
 
 def _rcf(quantizer: RCFQuantizer, weight: torch.Tensor | None) -> QuantizerGrid:
     spec = {"levels": quantizer.level_set, "bits": quantizer.bits, "signed": quantizer.signed}
-    return QuantizerGrid(spec, quantizer.alpha.detach().float(), "nearest")
+    return QuantizerGrid(spec, quantizer.output_scale(weight).float(), "nearest")
 
 
 def _learned_step(quantizer: LearnedStepQuantizer, weight: torch.Tensor | None) -> QuantizerGrid:
@@ -141,8 +141,10 @@ def quantizer_grid(quantizer: nn.Module, weight: torch.Tensor | None = None) -> 
 
 
 def quantizer_input(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What ``quantizer`` clips and projects: ``x``, or for an RCF weight quantizer with
-    weight normalization the normalized weights of APoT Eq. 9 (W tilde of Eq. 14)."""
+    """What ``quantizer`` clips and projects, in the units of its output: ``x``, or for an RCF
+    weight quantizer with weight normalization the normalized weights of APoT Eq. 9 (W tilde
+    of Eq. 14), times ``std + eps`` when the quantizer rescales its output (``W - mean``)."""
     if isinstance(quantizer, RCFQuantizer) and quantizer.normalize:
-        return normalize_weight(x, **WEIGHT_NORMALIZATIONS[quantizer.normalization])
+        mean, divisor = weight_statistics(x, **WEIGHT_NORMALIZATIONS[quantizer.normalization])
+        return x - mean if quantizer.rescale else (x - mean) / divisor
     return x

@@ -1,7 +1,15 @@
-"""Quantized layers: ``nn.Conv2d`` / ``nn.Linear`` that quantize what they hand to the kernel.
+"""Quantized layers: convolutions and ``nn.Linear`` that quantize what they hand to the kernel.
 
 Each holds ``weight_quantizer`` and ``input_quantizer`` child modules (``None`` = float) and
 changes nothing else, so state dicts keep the float layer's keys plus the quantizers'.
+``QUANTIZED_LAYERS`` maps each float type to its quantized type.
+
+A weight quantizer always sees a tensor whose dim 0 is the output channel, so per-channel
+quantizers (UniQ kernel-wise, LSQ ``per_channel``) get one step per output channel. Conv and
+Linear weights are laid out that way already. ConvTranspose weights are
+``(in_channels, out_channels / groups, *kernel)``: the transposed layers hand the quantizer
+the weight in Conv layout ``(out_channels, in_channels / groups, *kernel)`` and put the
+result back (``quantizer_layout``, ``_swap_channels``).
 
 In evaluation (``eval()`` and no autograd: ``torch.no_grad()`` / ``torch.inference_mode()``)
 a layer quantizes its weight once and reuses it for every batch until something it was
@@ -13,13 +21,14 @@ plain settings (``bits``, ...). ``train()`` drops the stored weight. Writing thr
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 _SCALARS = (bool, int, float, str, type(None))
+_Conv = TypeVar("_Conv", bound="_QConvNd")
 
 
 def _quantized(quantizer: nn.Module | None, x: torch.Tensor) -> torch.Tensor:
@@ -44,7 +53,7 @@ def _is_setting(value: Any) -> bool:
 
 
 class _CachedWeight:
-    """The weight quantization of QConv2d / QLinear, done once per evaluation."""
+    """The weight quantization of a quantized layer, done once per evaluation."""
 
     weight: torch.Tensor
     weight_quantizer: nn.Module | None
@@ -58,49 +67,134 @@ class _CachedWeight:
             return self.weight
         if self.training or torch.is_grad_enabled() or torch.compiler.is_compiling():
             self._weight_cache = None
-            return quantizer(self.weight)
+            return self._quantize_weight(quantizer)
         cache = self._weight_cache
         if cache is None or cache[0] != _state_key(self.weight, quantizer):
-            weight = quantizer(self.weight)  # may set its own state (data-initialized steps)
+            weight = self._quantize_weight(quantizer)  # may set its own state (data-init steps)
             cache = self._weight_cache = (_state_key(self.weight, quantizer), weight)
         return cache[1]
+
+    def quantizer_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        """``weight`` in the layout the weight quantizer sees (dim 0 = output channel), and
+        back: the map is its own inverse. The identity except for transposed convolutions.
+        Code that calls ``layer.weight_quantizer`` itself (export, analysis) goes through it:
+        ``layer.quantizer_layout(quantizer(layer.quantizer_layout(layer.weight)))``."""
+        return weight
+
+    def _quantize_weight(self, quantizer: nn.Module) -> torch.Tensor:
+        return self.quantizer_layout(quantizer(self.quantizer_layout(self.weight)))
 
     def train(self, mode: bool = True):
         self._weight_cache = None
         return super().train(mode)
 
 
-class QConv2d(_CachedWeight, nn.Conv2d):
-    """``nn.Conv2d`` whose weight and input pass through quantizers."""
+class _QConvNd(_CachedWeight):
+    """What every quantized convolution shares: the cached weight and ``from_float``."""
 
     weight_quantizer: nn.Module | None
     input_quantizer: nn.Module | None
+
+    @classmethod
+    def from_float(
+        cls: type[_Conv],
+        conv: nn.modules.conv._ConvNd,
+        weight_quantizer: nn.Module | None,
+        input_quantizer: nn.Module | None,
+    ) -> _Conv:
+        """A layer of this class, built with ``conv``'s constructor arguments, that shares
+        ``conv``'s parameters (no copy)."""
+        arguments: dict[str, Any] = {
+            "stride": conv.stride,
+            "padding": conv.padding,  # a string ("same", "valid") stays one
+            "dilation": conv.dilation,
+            "groups": conv.groups,
+            "bias": conv.bias is not None,
+            "padding_mode": conv.padding_mode,
+        }
+        if conv.transposed:
+            arguments["output_padding"] = conv.output_padding
+        q = cls(
+            conv.in_channels, conv.out_channels, conv.kernel_size, **arguments, device="meta"
+        )
+        return _adopt(q, conv, weight_quantizer, input_quantizer)
+
+
+class _QConv(_QConvNd):
+    """A convolution: ``nn.ConvNd._conv_forward`` with the quantized input and weight."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = self.quantized_weight()
         return self._conv_forward(_quantized(self.input_quantizer, x), weight, self.bias)
 
-    @classmethod
-    def from_float(
-        cls,
-        conv: nn.Conv2d,
-        weight_quantizer: nn.Module | None,
-        input_quantizer: nn.Module | None,
-    ) -> QConv2d:
-        """A QConv2d that shares ``conv``'s parameters (no copy)."""
-        q = cls(
-            conv.in_channels,
-            conv.out_channels,
-            conv.kernel_size,
-            stride=conv.stride,
-            padding=conv.padding,
-            dilation=conv.dilation,
-            groups=conv.groups,
-            bias=conv.bias is not None,
-            padding_mode=conv.padding_mode,
-            device="meta",
+
+_CONV_TRANSPOSE = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}
+
+
+class _QConvTranspose(_QConvNd):
+    """A transposed convolution; its weight quantizer sees the Conv layout (module docstring).
+
+    With ``groups > 1`` that layout is not ``weight.transpose(0, 1)`` (whose dim 0 would be
+    ``out_channels / groups`` long, one entry shared by an output channel of every group) but
+    the grouped permutation of ``_swap_channels``, so a per-channel quantizer still has one step
+    per output channel, in output-channel order. With ``groups == 1`` the two are the same
+    view. Anything that reads a per-channel quantizer's steps reads them in that order.
+    """
+
+    def forward(
+        self, x: torch.Tensor, output_size: list[int] | None = None
+    ) -> torch.Tensor:
+        dims = len(self.kernel_size)
+        output_padding = self._output_padding(
+            x, output_size, self.stride, self.padding, self.kernel_size, dims, self.dilation
         )
-        return _adopt(q, conv, weight_quantizer, input_quantizer)
+        weight = self.quantized_weight()
+        return _CONV_TRANSPOSE[dims](
+            _quantized(self.input_quantizer, x), weight, self.bias, self.stride,
+            self.padding, output_padding, self.groups, self.dilation,
+        )
+
+    def quantizer_layout(self, weight: torch.Tensor) -> torch.Tensor:
+        return _swap_channels(weight, self.groups)
+
+
+def _swap_channels(weight: torch.Tensor, groups: int) -> torch.Tensor:
+    """A ConvTranspose weight ``(in, out / groups, *k)`` in Conv layout ``(out, in / groups,
+    *k)``, and back: the map is its own inverse.
+
+    Group ``g`` maps input channels ``g * in/groups ...`` to output channels
+    ``g * out/groups + j``, whose weights are ``weight[g * in/groups : (g+1) * in/groups, j]``:
+    split dim 0 into the groups, swap the two channel dims within each group, merge again.
+    ``groups == 1`` gives the view ``weight.transpose(0, 1)`` (no copy).
+    """
+    rows, columns, *kernel = weight.shape
+    per_group = rows // groups
+    grouped = weight.reshape(groups, per_group, columns, *kernel).transpose(1, 2)
+    return grouped.reshape(groups * columns, per_group, *kernel)
+
+
+class QConv1d(_QConv, nn.Conv1d):
+    """``nn.Conv1d`` whose weight and input pass through quantizers."""
+
+
+class QConv2d(_QConv, nn.Conv2d):
+    """``nn.Conv2d`` whose weight and input pass through quantizers."""
+
+
+class QConv3d(_QConv, nn.Conv3d):
+    """``nn.Conv3d`` whose weight and input pass through quantizers."""
+
+
+class QConvTranspose1d(_QConvTranspose, nn.ConvTranspose1d):
+    """``nn.ConvTranspose1d`` whose weight and input pass through quantizers."""
+
+
+class QConvTranspose2d(_QConvTranspose, nn.ConvTranspose2d):
+    """``nn.ConvTranspose2d`` whose weight and input pass through quantizers."""
+
+
+class QConvTranspose3d(_QConvTranspose, nn.ConvTranspose3d):
+    """``nn.ConvTranspose3d`` whose weight and input pass through quantizers."""
 
 
 class QLinear(_CachedWeight, nn.Linear):
@@ -140,4 +234,12 @@ def _adopt(q, float_layer, weight_quantizer, input_quantizer):
     return q
 
 
-QUANTIZED_LAYERS: dict[type, type] = {nn.Conv2d: QConv2d, nn.Linear: QLinear}
+QUANTIZED_LAYERS: dict[type, type] = {
+    nn.Conv1d: QConv1d,
+    nn.Conv2d: QConv2d,
+    nn.Conv3d: QConv3d,
+    nn.ConvTranspose1d: QConvTranspose1d,
+    nn.ConvTranspose2d: QConvTranspose2d,
+    nn.ConvTranspose3d: QConvTranspose3d,
+    nn.Linear: QLinear,
+}

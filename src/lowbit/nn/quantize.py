@@ -1,50 +1,73 @@
-"""``quantize()``: swap the Conv2d / Linear layers of any model for quantized ones."""
+"""``quantize()``: swap the convolutions and linear layers of any model for quantized ones."""
 
 from __future__ import annotations
 
 import fnmatch
+import logging
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Optional, Union
 
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.nn.attention import replace_attention
 from lowbit.nn.layers import QUANTIZED_LAYERS
+from lowbit.nn.signedness import non_negative_inputs
 from lowbit.quant.registry import Method, get_method
+
+logger = logging.getLogger(__name__)
 
 LayerBits = Optional[int]
 # What an override gives a layer: bits of the run's method, None (float), or a mapping
-# {"method": ..., "bits": ..., "weight_options": ..., "input_options": ...} (any subset).
+# {"method": ..., "bits": ..., "weight_options": ..., "input_options": ..., "signed_input": ...}
+# (any subset).
 LayerSpec = Union[int, None, Mapping[str, Any]]
-LAYER_SPEC_KEYS = ("method", "bits", "weight_options", "input_options")
+LAYER_SPEC_KEYS = ("method", "bits", "weight_options", "input_options", "signed_input")
+# Layers with weights that no method quantizes, by design (normalization layers stay float in
+# every paper); anything else with parameters that stays float is listed in a warning.
+FLOAT_BY_DESIGN = (
+    nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm,
+)
 
 
 @dataclass(frozen=True)
 class LayerQuantization:
-    """How one layer is quantized: its method, bits and quantizer options."""
+    """How one layer is quantized: its method, bits, quantizer options and whether its input
+    quantizer is signed (``None``: decided from the model's graph)."""
 
     method: Method
     bits: int
     weight_options: Mapping[str, Any]
     input_options: Mapping[str, Any]
+    signed_input: bool | None = None
 
 
 def quantizable_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every plain Conv2d / Linear, in registration order."""
-    found = []
+    """``(name, module)`` of every layer of a type in ``QUANTIZED_LAYERS`` (convolutions,
+    transposed convolutions, linear layers), in registration order."""
+    return [
+        (name, module) for name, module in model.named_modules()
+        if type(module) in QUANTIZED_LAYERS
+    ]
+
+
+def float_layers(model: nn.Module) -> list[str]:
+    """Modules holding weights of their own that are neither quantizable layers (quantized, or
+    float by the plan), their quantizers, nor normalization layers: what ``quantize`` cannot
+    quantize, described by name and type."""
+    quantized = tuple(QUANTIZED_LAYERS.values())
+    skipped, found = set(), []
     for name, module in model.named_modules():
-        if type(module) in QUANTIZED_LAYERS:
-            found.append((name, module))
-        elif isinstance(module, tuple(QUANTIZED_LAYERS)) and type(module) not in (
-            QUANTIZED_LAYERS.values()
-        ):
-            warnings.warn(
-                f"{name} is a {type(module).__name__}, a subclass lowbit does not know how to "
-                "quantize; it stays float",
-                stacklevel=3,
-            )
+        if isinstance(module, quantized):
+            skipped.update(f"{name}.{n}".strip(".") for n, _ in module.named_modules())
+        if name in skipped or type(module) in QUANTIZED_LAYERS:
+            continue
+        if isinstance(module, FLOAT_BY_DESIGN):
+            continue
+        if any(p is not None for p in module._parameters.values()):
+            found.append(f"{name or '(model)'} ({type(module).__name__})")
     return found
 
 
@@ -53,17 +76,22 @@ def layer_bits(
     bits: LayerBits,
     first_last_bits: LayerBits,
     overrides: Mapping[str, LayerSpec] | None,
+    first_last_method: str | None = None,
 ) -> dict[str, LayerSpec]:
-    """Bits of each layer: ``bits``, ``first_last_bits`` for the first and last, then the
+    """Bits of each layer: ``bits``, ``first_last_bits`` for the first and last (with
+    ``first_last_method`` when the run's method gives them another one), then the
     ``overrides`` patterns (fnmatch on module names, later patterns win; ``None`` = float)."""
     plan: dict[str, LayerSpec] = {name: bits for name in names}
     if names:
-        plan[names[0]] = plan[names[-1]] = first_last_bits
+        edge: LayerSpec = first_last_bits
+        if first_last_method is not None and first_last_bits is not None:
+            edge = {"method": first_last_method, "bits": first_last_bits}
+        plan[names[0]] = plan[names[-1]] = edge
     for pattern, value in (overrides or {}).items():
         matched = fnmatch.filter(names, pattern)
         if not matched:
             raise LowbitError(
-                f"override pattern {pattern!r} matches no Conv2d/Linear layer; "
+                f"override pattern {pattern!r} matches no quantizable layer; "
                 f"layers are: {', '.join(names)}"
             )
         for name in matched:
@@ -100,12 +128,18 @@ def resolve_layer(
     if chosen_bits is None:
         raise LowbitError(f"the override for {name} needs bits (the run's bits are None)")
     own.check_bits(chosen_bits, f"bits of {name}")
+    signed = spec.get("signed_input")
+    if signed not in (None, True, False):
+        raise LowbitError(
+            f"signed_input of {name} must be true, false or null (auto), got {signed!r}"
+        )
     same = own.name == method.name
     return LayerQuantization(
         own,
         chosen_bits,
         spec.get("weight_options", weight_options if same else {}),
         spec.get("input_options", input_options if same else {}),
+        signed,
     )
 
 
@@ -118,18 +152,28 @@ def quantize(
     weight_options: Mapping[str, Any] | None = None,
     input_options: Mapping[str, Any] | None = None,
     float_downsample: bool = False,
+    signed_inputs: bool | None = None,
 ) -> nn.Module:
     """Quantize ``model`` in place with ``method`` and return it.
 
-    Every ``nn.Conv2d`` / ``nn.Linear`` becomes a ``QConv2d`` / ``QLinear`` sharing its
-    parameters. The first and last of them (in registration order) get ``first_last_bits``
-    (APoT and UniQ use 8; ``None`` keeps them float); ``bits=None`` keeps the others float.
-    ``overrides`` maps module-name patterns to bits, ``None``, or a mapping that may name
-    another method and its options, e.g. ``{"fc": {"method": "maxscale", "bits": 8}}``
-    (see ``resolve_layer``). The first layer's input is the data, which may be signed, so it
-    is not quantized. ``weight_options`` / ``input_options`` go to the method's quantizers
-    (e.g. ``{"alpha": 6.0}``). ``float_downsample=True`` keeps strided 1x1 convolutions (the
+    Every convolution (1-3 d, transposed too) and linear layer becomes its quantized twin
+    sharing its parameters; every ``nn.MultiheadAttention`` first becomes a
+    ``QuantizableAttention`` whose four projections are linear layers like any other. The first
+    and last layers (in registration order) get ``first_last_bits`` with their paper's
+    treatment (APoT family: 8-bit weights at steps of max(W), inputs float; ``None`` keeps them
+    float); ``bits=None`` keeps the others float. ``overrides`` maps module-name patterns to
+    bits, ``None``, or a mapping that may name another method, its options and
+    ``signed_input``, e.g. ``{"fc": {"method": "maxscale", "bits": 8}}`` (``resolve_layer``).
+    The first layer's input is the data, which may be signed, so it is not quantized.
+    ``weight_options`` / ``input_options`` go to the method's quantizers (e.g.
+    ``{"alpha": 6.0}``). ``float_downsample=True`` keeps strided 1x1 convolutions (the
     downsampling shortcuts of residual networks) float, as binary networks do (UniQ §5).
+
+    Input quantizers are unsigned where the layer's input is provably non-negative (a ReLU,
+    ReLU6, clamp at 0, sigmoid or softmax before it, read from the ``torch.fx`` graph) and
+    signed elsewhere, or everywhere when the model cannot be traced; ``signed_inputs``
+    True / False forces one kind on every layer, and an override's ``signed_input`` on one.
+    The layers given signed inputs, and any layer with weights left float, are reported once.
     """
     spec = get_method(method)
     if bits is not None:
@@ -140,21 +184,67 @@ def quantize(
                 f"first_last_bits must be at least 2 (or None), got {first_last_bits}"
             )
         spec.check_bits(first_last_bits, "first_last_bits")
+    if signed_inputs not in (None, True, False):
+        raise LowbitError(
+            f"signed_inputs must be true, false or null (auto), got {signed_inputs!r}"
+        )
+    replace_attention(model)
     layers = quantizable_layers(model)
     if not layers:
         raise LowbitError(
-            f"{type(model).__name__} has no nn.Conv2d or nn.Linear layer for lowbit to quantize"
+            f"{type(model).__name__} has no convolution or linear layer for lowbit to quantize"
         )
     names = [name for name, _ in layers]
+    edge_method = spec.first_last_method
     plan = {
         name: resolve_layer(name, value, spec, bits, weight_options or {}, input_options or {})
-        for name, value in layer_bits(names, bits, first_last_bits, overrides).items()
+        for name, value in layer_bits(names, bits, first_last_bits, overrides, edge_method).items()
     }
+    plan = _decide_signedness(model, plan, signed_inputs)
+    signed, kept_float = [], []
     for index, (name, layer) in enumerate(layers):
         if plan[name] is None or float_downsample and is_downsample(layer):
+            kept_float.append(name)
             continue
+        quantize_input = index > 0 and plan[name].method.input_quantizer is not None
+        if quantize_input and plan[name].signed_input:
+            signed.append(name)
         set_submodule(model, name, _quantized_layer(layer, plan[name], index > 0))
+    _report(model, signed, kept_float)
     return model
+
+
+def _decide_signedness(
+    model: nn.Module, plan: dict[str, LayerQuantization | None], signed_inputs: bool | None
+) -> dict[str, LayerQuantization | None]:
+    """Fill in ``signed_input`` where the plan leaves it to lowbit."""
+    undecided = [n for n, p in plan.items() if p is not None and p.signed_input is None]
+    if not undecided:
+        return plan
+    known = None if signed_inputs is not None else non_negative_inputs(model, undecided)
+    if known is None and signed_inputs is None:
+        logger.info("lowbit: torch.fx cannot trace %s; every layer input is quantized as "
+                    "signed (override with signed_input per layer)", type(model).__name__)
+    decided = dict(plan)
+    for name in undecided:
+        signed = signed_inputs if signed_inputs is not None else not (known and known[name])
+        decided[name] = replace(plan[name], signed_input=signed)
+    return decided
+
+
+def _report(model: nn.Module, signed: list[str], kept_float: list[str]) -> None:
+    if kept_float:
+        logger.info("lowbit: layers kept float by the plan: %s", ", ".join(kept_float))
+    if signed:
+        logger.info("lowbit: signed input quantizers (inputs can be negative): %s",
+                    ", ".join(signed))
+    unquantized = float_layers(model)
+    if unquantized:
+        warnings.warn(
+            "lowbit cannot quantize these layers with weights; they stay float: "
+            + ", ".join(unquantized),
+            stacklevel=3,
+        )
 
 
 def is_downsample(layer: nn.Module) -> bool:
@@ -172,7 +262,7 @@ def _quantized_layer(
     weight_quantizer = plan.method.weight_quantizer(plan.bits, **plan.weight_options)
     input_factory = plan.method.input_quantizer if quantize_input else None
     input_quantizer = None if input_factory is None else input_factory(
-        plan.bits, **plan.input_options
+        plan.bits, **{"signed": bool(plan.signed_input), **plan.input_options}
     )
     return QUANTIZED_LAYERS[type(layer)].from_float(layer, weight_quantizer, input_quantizer)
 

@@ -18,10 +18,10 @@ both detached), so the layer keeps the float weight's scale: a float checkpoint 
 and a layer without BatchNorm after it (the classifier) gets logits of the usual size.
 
 Activations: PACT clips at a learned ``alpha`` and rounds ``x / alpha`` to ``2**b - 1`` steps
-(AdaBits' activation rounding is DoReFa's original one), with the gradients autograd gives
-the AdaBits/PACT formula under the straight-through estimator: ``x`` passes straight through
-inside ``[0, alpha]`` and gets zero outside; alpha gets ``(Q(x) - x) / alpha`` inside and 1
-above.
+(AdaBits' activation rounding is DoReFa's original one); ``x`` passes straight through inside
+the clipping range and gets zero outside; alpha gets PACT's gradient (1 above alpha, 0 inside)
+or, as CoQuant's AdaBits code computes it, ``(Q(x) - x) / alpha`` inside as well
+(``alpha_gradient``). Inputs that can be negative are clipped two-sided (``signed``).
 
 With ``bit_widths`` (CoQuant, AdaBits) a quantizer serves every bit-width in the set:
 ``set_bits(b)`` switches it, and the PACT quantizer keeps one alpha per bit-width. A bit-width
@@ -71,50 +71,85 @@ def nearest_index(bit_widths: Sequence[int], bits: int) -> int:
     return min(range(len(bit_widths)), key=lambda i: (abs(bit_widths[i] - bits), -bit_widths[i]))
 
 
-class _PACT(torch.autograd.Function):
-    """``alpha / n * round(clip(x, 0, alpha) * n / alpha)`` with PACT's straight-through
-    gradients (see the module docstring).
+ALPHA_GRADIENTS = ("pact", "adabits")
 
-    Autograd of the formula records eight elementwise ops and saves their inputs; here the
-    backward uses that ``Q(x) = alpha`` above the clip: ``dalpha = (sum(g * Q) - sum(g_x *
-    x)) / alpha`` (``lowbit.quant.ste.clip_backward``). On float32 CPU tensors forward and
-    backward are one fused pass each (``lowbit.quant.native``); otherwise on the CPU the clip
-    and its backward take alpha as a Python number (ATen's fused kernels, about six times
+
+class _PACT(torch.autograd.Function):
+    """PACT's clip and uniform rounding (see ``pact_quantize``) with straight-through
+    gradients: ``x`` passes inside the open clipping range and gets zero outside.
+
+    The alpha gradient is PACT's (Choi et al. 2018, Eq. 3): ``dQ/dalpha = 1`` for
+    ``x >= alpha`` (``-1`` for ``x <= -alpha`` when two-sided), 0 inside, i.e. the upstream
+    gradient that the input did not take, signed by ``x``. ``alpha_gradient="adabits"`` gives
+    what autograd of AdaBits' ``alpha * round(clip(x) / alpha)`` gives under the STE instead:
+    ``(Q(x) - x) / alpha`` inside as well; since ``Q(x) = +-alpha`` outside that is
+    ``(sum(g * Q) - sum(g_x * x)) / alpha`` (``lowbit.quant.ste.clip_backward``).
+
+    On float32 CPU tensors the forward is one fused pass (``lowbit.quant.native``); otherwise
+    on the CPU the clip takes alpha as a Python number (ATen's fused kernels, about six times
     faster there than with a tensor-valued alpha); on a GPU and under ``torch.compile`` alpha
     stays a tensor.
     """
 
     @staticmethod
-    def forward(ctx, x, alpha, levels):
+    def forward(ctx, x, alpha, bits, signed, alpha_gradient):
+        steps = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
         if host_scalars(x):
             clip = float(alpha)
-            step = clip / levels
-            if native.usable(x):  # the same arithmetic in one pass
+            step = clip / steps
+            if signed and native.usable(x):  # the same arithmetic in one pass
+                out = native.uniform(x, native.ROUND_CLAMP, step, 0.0, -steps, steps)
+            elif signed:
+                out = x.div(step).round_().clamp_(-steps, steps).mul_(step)
+            elif native.usable(x):
                 out = native.uniform(x, native.CLIP_ROUND, step, 1.0 / step, 0.0, clip)
             else:
                 out = torch.nn.functional.hardtanh(x, 0.0, clip)
                 out.mul_(1.0 / step).round_().mul_(step)
+        elif signed:
+            step = alpha / steps
+            out = x.div(step).round_().clamp_(-steps, steps).mul_(step)
         else:
-            out = torch.minimum(x.relu(), alpha).mul_(levels / alpha).round_()
-            out.mul_(alpha / levels)
+            out = torch.minimum(x.relu(), alpha).mul_(steps / alpha).round_()
+            out.mul_(alpha / steps)
+        ctx.signed, ctx.alpha_gradient = signed, alpha_gradient
         ctx.save_for_backward(x, out, alpha)
         return out
 
     @staticmethod
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
+        adabits = ctx.alpha_gradient == "adabits" and ctx.needs_input_grad[1]
+        low = -alpha if ctx.signed else alpha.new_zeros(())
         grad_x, grad_alpha = clip_backward(
-            grad_out, x, out, alpha.new_zeros(()), alpha, closed=False,
-            scale=alpha if ctx.needs_input_grad[1] else None,
+            grad_out, x, out, low, alpha, closed=False, scale=alpha if adabits else None
         )
-        return grad_x, grad_alpha, None
+        if ctx.needs_input_grad[1] and not adabits:
+            # Outside the range: +1 above alpha, -1 below -alpha, nothing below 0 (one-sided).
+            direction = x.sign()
+            if not ctx.signed:
+                direction.clamp_(min=0)
+            grad_alpha = (grad_out - grad_x).mul_(direction).sum().reshape(alpha.shape)
+        return grad_x, grad_alpha, None, None, None
 
 
 @float32_compute
-def pact_quantize(x: torch.Tensor, alpha: torch.Tensor, bits: int) -> torch.Tensor:
-    """PACT (Choi et al. 2018) with AdaBits' rounding: ``x`` clipped to ``[0, alpha]`` and
-    rounded to ``2**bits - 1`` equal steps; ``alpha`` is a positive scalar tensor."""
-    return _PACT.apply(x, alpha, 2**bits - 1)
+def pact_quantize(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    bits: int,
+    signed: bool = False,
+    alpha_gradient: str = "pact",
+) -> torch.Tensor:
+    """PACT (Choi et al. 2018) with DoReFa's rounding: ``x`` clipped to ``[0, alpha]`` and
+    rounded to ``2**bits - 1`` equal steps; ``alpha`` is a positive scalar tensor.
+
+    ``signed=True`` (a layer whose input can be negative): clipped to ``[-alpha, alpha]`` and
+    rounded to the step ``alpha / (2**(bits-1) - 1)``, a symmetric grid of ``2**bits - 1``
+    levels with zero among them (one code unused, as APoT's signed level sets). Ties round
+    half to even. ``alpha_gradient``: ``"pact"`` or ``"adabits"`` (see ``_PACT``).
+    """
+    return _PACT.apply(x, alpha, bits, signed, alpha_gradient)
 
 
 def _straight_through(x: torch.Tensor, rounded: torch.Tensor) -> torch.Tensor:
@@ -196,7 +231,8 @@ class PACTQuantizer(_Switchable):
 
     ``alpha`` is the initial clipping level (CoQuant Table 2's alpha_init; AdaBits uses 8 for
     convolutions); ``learn_alpha=False`` keeps it fixed (DoReFa's activations are PACT with
-    alpha = 1, not learned). Its absolute value is used, as in AdaBits.
+    alpha = 1, not learned). Its absolute value is used, as in AdaBits. ``signed`` and
+    ``alpha_gradient`` as in ``pact_quantize``.
     """
 
     def __init__(
@@ -205,10 +241,18 @@ class PACTQuantizer(_Switchable):
         alpha: float = 8.0,
         learn_alpha: bool = True,
         bit_widths: Sequence[int] | None = None,
+        signed: bool = False,
+        alpha_gradient: str = "pact",
     ) -> None:
         super().__init__(bits, bit_widths)
         if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
             raise LowbitError(f"alpha must be a positive number, got {alpha!r}")
+        if alpha_gradient not in ALPHA_GRADIENTS:
+            raise LowbitError(
+                f"alpha_gradient must be one of {', '.join(ALPHA_GRADIENTS)}, "
+                f"got {alpha_gradient!r}"
+            )
+        self.signed, self.alpha_gradient = bool(signed), alpha_gradient
         shape = () if self.bit_widths is None else (len(self.bit_widths),)
         self.alpha = nn.Parameter(torch.full(shape, float(alpha)), requires_grad=learn_alpha)
 
@@ -219,8 +263,11 @@ class PACTQuantizer(_Switchable):
         return self.alpha[nearest_index(self.bit_widths, self.bits)].abs()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return pact_quantize(x, self.current_alpha(), self.bits)
+        return pact_quantize(
+            x, self.current_alpha(), self.bits, self.signed, self.alpha_gradient
+        )
 
     def extra_repr(self) -> str:
         switch = f", bit_widths={list(self.bit_widths)}" if self.bit_widths else ""
-        return f"bits={self.bits}{switch}"
+        kind = "signed" if self.signed else "unsigned"
+        return f"bits={self.bits}, {kind}, alpha_gradient={self.alpha_gradient!r}{switch}"

@@ -113,8 +113,11 @@ def grid_bits(kept: list[int]) -> str:
 class DropBitsMasks(nn.Module):
     """One set of DropBits masks for one layer's weights (§3.3), with the §3.5 regularizer.
 
-    ``gates()`` gives one gate per mask: a hard-concrete sample (Eq. 4) in training, and in
-    evaluation 1 for a level with ``Pi >= 0.5``, else 0. Levels dropped for good are 0 in both.
+    ``gates()`` gives one gate per mask: a hard-concrete sample (Eq. 4) in training; in
+    evaluation 1 for every level that ``alive()`` keeps, else 0. Without learned bit-widths
+    (``l0_lambda = 0``) evaluation keeps every level: Algorithm 1's DEPLOYMENT rounds onto the
+    full grid, ``clamp(alpha Round(W / alpha), g_0, g_(2^b-1))``; the masks only add noise in
+    training (§3.3). Levels dropped for good are 0 in both.
 
     Learned bit-widths (``l0_lambda > 0``, bitwise masks only): while training progress is
     below ``l0_fraction`` (default 50%, §F), ``regularization_loss()`` is ``lambda * R`` of the
@@ -156,8 +159,13 @@ class DropBitsMasks(nn.Module):
         return torch.sigmoid(self.logits)
 
     def alive(self) -> torch.Tensor:
-        """Levels an evaluation keeps: not dropped and ``Pi >= 0.5``."""
-        return (self.fate != DROPPED) & (self.logits >= 0)
+        """Levels an evaluation keeps (and ``learned_bits`` reports): every level not dropped
+        for good when bits are not learned (``l0_lambda = 0``, Algorithm 1 DEPLOYMENT); with
+        learned bits the levels kept at the end of the regularized phase (fate ``KEPT``) and,
+        before it, those with ``Pi >= 0.5`` (§3.5, Table 3)."""
+        if self.l0_lambda == 0:
+            return self.fate != DROPPED
+        return (self.fate == KEPT) | ((self.fate == UNDECIDED) & (self.logits >= 0))
 
     def gates(self) -> torch.Tensor:
         """One gate per mask for this forward (Eq. 4 sample in training)."""

@@ -249,56 +249,101 @@ void lowbit_srq_round(const float *x, float *out, void *k, int wide, int64_t n, 
     }
 }
 
-/* SRQ without masks, backward (relaxed.py, _SemiRelaxed.backward, has the derivation): with
- * r = alpha / sigma, kr = k r, c = grad kr, A = kr - x / sigma + r / 2 (the first two terms
- * cancel, so they are taken in double) and S' the density:
- * grad_x = c (S'(A - r) - S'(A)), and sums += (c, c S'(A), c S'(A - r), grad_x kr, grad_x A). */
+/* SRQ without masks, backward: the multi-class straight-through estimator taken through
+ * r = pi_k / sum_j pi_j (Eq. 3, Algorithm 1 line 14; relaxed.py, _SemiRelaxed, has the
+ * derivation and the reading of the end cells). With rho = alpha / sigma, c = grad k rho, the
+ * cell's edges a = k rho - x / sigma + rho / 2 (the first two terms cancel, so they are taken
+ * in double) and b = a - rho, the grid's outer edges U (a at k = hi) and L (b at k = lo),
+ * N = hi - lo + 1 points, D = S(U) - S(L) = sum_j pi_j, P_v = S'(v) / D and
+ * Delta = (S(b) - S(L)) - (S(U) - S(a)) (each difference taken in the tail where its
+ * sigmoids are small):
+ *   grad_x = c r Delta,
+ *   sums += (grad k,
+ *            c (P_a - N r P_U + r (1 - S(a) - S(b)) (k - lo) - r Delta (lo - 1/2)),
+ *            c (rho r (S(a) + S(b) - 1) (k - lo) + r Delta L - rho P_a + N rho r P_U))
+ * for the alpha gradient (first two) and the sigma gradient. P_a, P_U and r are ratios to D,
+ * computed without forming D: with E = max(-U, 0) + max(L, 0) (how far x lies outside the
+ * grid, in sigmas) and t_v = e^-|v|, S(v) S(-v) / (S(U) S(-L)) = e^(E - |v|) (1 + t_U)
+ * (1 + t_L) / (1 + t_v)^2, and e^(E - |v|) <= 1 for every edge v in [L, U], so no factor
+ * under- or overflows however far x is from the grid. Likewise r = pi / D has the exponent
+ * E - dist(0, [b, a]): e^(E - |b|) if b >= 0, e^(E - |a|) if a <= 0, else 1 (E = 0 then). */
+static inline float logistic(float v, float t) { /* S(v) from t = e^-|v| */
+    return v >= 0.f ? 1.f / (1.f + t) : t / (1.f + t);
+}
+
+/* S(p) - S(q) from t_p, t_q, as S(-q) - S(-p) where both are near 1. */
+static inline float logistic_difference(float p, float t_p, float q, float t_q) {
+    return p + q > 0.f ? logistic(-q, t_q) - logistic(-p, t_p) : logistic(p, t_p) - logistic(q, t_q);
+}
+
 VECTORIZED static void srq_backward_range(const float *restrict grad, const float *restrict x,
                                           const void *restrict k, int wide,
-                                          float *restrict grad_x, int64_t n, float alpha,
-                                          float ratio, float inverse_sigma, double *sums) {
+                                          float *restrict grad_x, int64_t n, float ratio,
+                                          float inverse_sigma, float lo, float hi,
+                                          float inverse_fill, float cell_fill, float tail,
+                                          double *sums) {
     float grid[BLOCK];
+    const float half = ratio / 2, top = hi * ratio, bottom = lo * ratio, points = hi - lo + 1;
     for (int64_t start = 0; start < n; start += BLOCK) {
         int64_t count = n - start < BLOCK ? n - start : BLOCK;
         if (wide)
             for (int64_t i = 0; i < count; ++i) grid[i] = ((const int16_t *)k)[start + i];
         else
             for (int64_t i = 0; i < count; ++i) grid[i] = ((const int8_t *)k)[start + i];
-        float c_sum = 0, up_sum = 0, lo_sum = 0, kr_sum = 0, a_sum = 0;
-#pragma omp simd reduction(+ : c_sum, up_sum, lo_sum, kr_sum, a_sum)
+        float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
+#pragma omp simd reduction(+ : gk_sum, alpha_sum, sigma_sum)
         for (int64_t i = 0; i < count; ++i) {
-            float kr = grid[i] * ratio;
-            float c = grad[start + i] * kr;
-            float a = (float)((double)kr - (double)x[start + i] * inverse_sigma) + ratio / 2;
-            float slope_up = logistic_slope(a), slope_lo = logistic_slope(a - ratio);
-            float gx = (slope_lo - slope_up) * c;
-            grad_x[start + i] = gx;
-            c_sum += c;
-            up_sum += c * slope_up;
-            lo_sum += c * slope_lo;
-            kr_sum += gx * kr;
-            a_sum += gx * a;
+            const double scaled = (double)x[start + i] * inverse_sigma;
+            const float kr = grid[i] * ratio, g = grad[start + i], c = g * kr;
+            const float a = (float)((double)kr - scaled) + half, b = a - ratio;
+            const float up = (float)((double)top - scaled) + half;
+            const float low = ((float)((double)bottom - scaled) + half) - ratio;
+            const float t_up = exp_poly(-fabsf(up)), t_low = exp_poly(-fabsf(low));
+            const int above = up <= 0.f, below = low >= 0.f;
+            const float outside = (up < 0.f ? -up : 0.f) + (low > 0.f ? low : 0.f);
+            const float shrink = above ? t_up : (below ? t_low : 1.f); /* e^-E */
+            const float e_up = above ? 1.f : (below ? tail : t_up);
+            const float e_a = exp_poly(outside - fabsf(a)), e_b = exp_poly(outside - fabsf(b));
+            const float t_a = e_a * shrink, t_b = e_b * shrink;
+            const float i_a = 1.f / (1.f + t_a), i_b = 1.f / (1.f + t_b);
+            const float u1 = 1.f + t_up, l1 = 1.f + t_low;
+            const float scale = u1 * l1 * inverse_fill;
+            const float p_a = scale * e_a * i_a * i_a;
+            const float p_up = inverse_fill * e_up * l1 / u1;
+            const float e_r = b >= 0.f ? e_b : (a <= 0.f ? e_a : 1.f);
+            const float r = scale * cell_fill * e_r * i_a * i_b;
+            const float delta = logistic_difference(b, t_b, low, t_low)
+                                - logistic_difference(up, t_up, a, t_a);
+            const float tails = logistic(b, t_b) - logistic(-a, t_a); /* S(a) + S(b) - 1 */
+            const float gap = grid[i] - lo, rd = r * delta;
+            grad_x[start + i] = c * rd;
+            gk_sum += g * grid[i];
+            alpha_sum += c * (p_a - points * r * p_up - r * tails * gap - rd * (lo - 0.5f));
+            sigma_sum += c * (ratio * (r * tails * gap - p_a + points * r * p_up) + rd * low);
         }
-        sums[0] += c_sum, sums[1] += up_sum, sums[2] += lo_sum, sums[3] += kr_sum;
-        sums[4] += a_sum;
+        sums[0] += gk_sum, sums[1] += alpha_sum, sums[2] += sigma_sum;
     }
 }
 
 void lowbit_srq_backward(const float *grad, const float *x, const void *k, int wide,
-                         float *grad_x, int64_t n, float alpha, float ratio,
-                         float inverse_sigma, double *sums, int threads) {
-    double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0;
-#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : s0, s1, s2, s3, s4)
+                         float *grad_x, int64_t n, float ratio, float inverse_sigma, float lo,
+                         float hi, double *sums, int threads) {
+    /* 1 / (1 - e^-W), 1 - e^-rho and e^-W, the grid's and the cell's constant factors. */
+    const double width = (double)ratio * ((double)hi - (double)lo + 1.0);
+    const float inverse_fill = (float)(-1.0 / expm1(-width));
+    const float cell_fill = (float)-expm1(-(double)ratio), tail = (float)exp(-width);
+    double s0 = 0, s1 = 0, s2 = 0;
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : s0, s1, s2)
     {
         int64_t begin, end;
-        double part[5] = {0, 0, 0, 0, 0};
+        double part[3] = {0, 0, 0};
         thread_range(n, &begin, &end);
         const char *k_at = (const char *)k + begin * (wide ? 2 : 1);
         srq_backward_range(grad + begin, x + begin, k_at, wide, grad_x + begin, end - begin,
-                           alpha, ratio, inverse_sigma, part);
-        s0 += part[0], s1 += part[1], s2 += part[2], s3 += part[3], s4 += part[4];
+                           ratio, inverse_sigma, lo, hi, inverse_fill, cell_fill, tail, part);
+        s0 += part[0], s1 += part[1], s2 += part[2];
     }
-    sums[0] = s0, sums[1] = s1, sums[2] = s2, sums[3] = s3, sums[4] = s4;
+    sums[0] = s0, sums[1] = s1, sums[2] = s2;
 }
 
 /* log(v) for normal v > 0, to about 1 ulp, vectorizable (Cephes' logf). */

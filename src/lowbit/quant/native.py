@@ -65,8 +65,8 @@ _SIGNATURES = {  # name: (result type, argument types)
         None, [_pointer, _pointer, _pointer, _int, _size, _float, _float, _float, _int]
     ),
     "lowbit_srq_backward": (None, [
-        _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float, _doubles,
-        _int,
+        _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float, _float,
+        _doubles, _int,
     ]),
     "lowbit_clip_backward": (
         None, [_pointer, _pointer, _pointer, _pointer, _size, _float, _float, _doubles, _int]
@@ -246,17 +246,19 @@ def srq_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     k: torch.Tensor,
-    alpha: float,
     ratio: float,
     inverse_sigma: float,
+    lo: int,
+    hi: int,
 ) -> tuple[torch.Tensor, list[float]]:
-    """``grad_x`` of SRQ without masks and the sums ``(c, c S'(A), c S'(A - r), grad_x kr,
-    grad_x A)`` of ``kernels.c`` for the alpha and sigma gradients."""
+    """``grad_x`` of SRQ without masks (the straight-through estimator through
+    ``r = pi_k / sum_j pi_j``, ``kernels.c``) and the sums ``(sum(grad k), alpha terms, sigma
+    terms)``: ``dL/dalpha`` is the first two added, ``dL/dsigma`` the third."""
     grad_x = torch.empty_like(x)
-    sums = (ctypes.c_double * 5)()
+    sums = (ctypes.c_double * 3)()
     library().lowbit_srq_backward(
         grad.data_ptr(), x.data_ptr(), k.data_ptr(), int(k.dtype == torch.int16),
-        grad_x.data_ptr(), x.numel(), alpha, ratio, inverse_sigma, sums,
+        grad_x.data_ptr(), x.numel(), ratio, inverse_sigma, lo, hi, sums,
         torch.get_num_threads(),
     )
     return grad_x, list(sums)

@@ -24,22 +24,25 @@ class _RCF(torch.autograd.Function):
     """``alpha * Pi(clip(x / alpha))`` with the gradients of APoT Eq. 8.
 
     Forward projects ``x`` straight onto ``alpha * levels`` (the grid or the boundaries are
-    scaled instead of the tensor), or with ``divide_first`` as ``project_divided``. Backward:
-    straight-through for ``x`` inside the clipping range, zero outside; for alpha,
-    ``Pi(x/alpha) - x/alpha`` inside and ``sign(x)`` outside (Eq. 8). Outside the range
-    ``Pi(x/alpha) = sign(x)``, so the alpha gradient is ``(sum(g * out) - sum(g_x * x)) / alpha``:
-    two dot products, no extra tensor (``lowbit.quant.ste``).
+    scaled instead of the tensor), or with ``divide_first`` as ``project_divided``. Backward
+    for alpha: ``Pi(x/alpha) - x/alpha`` inside the clipping range and ``sign(x)`` outside
+    (Eq. 8). Outside the range ``Pi(x/alpha) = sign(x)``, so the alpha gradient is
+    ``(sum(g * out) - sum(g_x * x)) / alpha`` with ``g_x`` the clipped straight-through
+    gradient: two dot products, no extra tensor (``lowbit.quant.ste``). For ``x``:
+    straight-through inside the range and zero outside (Eq. 8, activations), or with
+    ``clip_input_gradient=False`` the identity everywhere (APoT §2.5 for weights,
+    "dW_hat / dW_tilde = 1"; the authors' code does not clip it either).
     """
 
     @staticmethod
-    def forward(ctx, x, alpha, levels, table, signed, divide_first):
+    def forward(ctx, x, alpha, levels, table, signed, divide_first, clip_input_gradient):
         if divide_first:
             out = project_divided(x, alpha, levels, signed)
         elif table is not None:
             out = project_on_grid(x, table * alpha, -1.0 if signed else 0.0, 1.0, alpha)
         else:
             out = project_by_search(x, levels * alpha, midpoints(levels) * alpha)
-        ctx.signed = signed
+        ctx.signed, ctx.clip_input_gradient = signed, clip_input_gradient
         ctx.save_for_backward(x, out, alpha)
         return out
 
@@ -50,7 +53,9 @@ class _RCF(torch.autograd.Function):
             grad_out, x, out, -alpha if ctx.signed else None, alpha,
             scale=alpha if ctx.needs_input_grad[1] else None,
         )
-        return grad_x, grad_alpha, None, None, None, None
+        if not ctx.clip_input_gradient:
+            grad_x = grad_out
+        return grad_x, grad_alpha, None, None, None, None, None
 
 
 def nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -89,6 +94,7 @@ def rcf_quantize(
     signed: bool = True,
     table: torch.Tensor | None = None,
     divide_first: bool = False,
+    clip_input_gradient: bool = True,
 ) -> torch.Tensor:
     """APoT Eq. 7: ``alpha * Pi_Q(1,b)(clip(x / alpha, 1))`` with the Eq. 8 gradient.
 
@@ -97,25 +103,32 @@ def rcf_quantize(
     Signed data are clipped to [-alpha, alpha]; unsigned data (activations) only from above:
     values below zero project to the zero level. ``divide_first`` computes it as
     ``project_divided`` (the authors' rounding) instead of on scaled levels (fewer passes).
+    ``clip_input_gradient=False`` passes the gradient to ``x`` unclipped (weights, §2.5).
     """
     dtype = x.dtype
     table = None if table is None else table.to(dtype)
-    return _RCF.apply(x, alpha.to(dtype), levels.to(dtype), table, signed, divide_first)
+    return _RCF.apply(
+        x, alpha.to(dtype), levels.to(dtype), table, signed, divide_first, clip_input_gradient
+    )
+
+
+def weight_statistics(
+    w: torch.Tensor, eps: float = 1e-5, correction: int = 0, detach_stats: bool = False
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean and the divisor ``std + eps`` of APoT Eq. 9 over the whole layer (population
+    std by default; ``correction`` is the std's Bessel correction). By default gradients flow
+    through both (Algorithm 1, step 8); ``detach_stats`` treats them as constants."""
+    stats = w.detach() if detach_stats else w
+    return stats.mean(), stats.std(correction=correction) + eps
 
 
 def normalize_weight(
     w: torch.Tensor, eps: float = 1e-5, correction: int = 0, detach_stats: bool = False
 ) -> torch.Tensor:
-    """APoT Eq. 9: ``(W - mean) / (std + eps)`` over the whole layer, population std.
-
-    By default gradients flow through the mean and the std (Algorithm 1, step 8).
-    ``detach_stats`` treats both as constants and ``correction`` is the std's Bessel
-    correction; see ``WEIGHT_NORMALIZATIONS``.
-    """
-    stats = w.detach() if detach_stats else w
-    mean = stats.mean()
-    std = stats.std(correction=correction)
-    return (w - mean) / (std + eps)
+    """APoT Eq. 9: ``(W - mean) / (std + eps)`` (see ``weight_statistics`` and
+    ``WEIGHT_NORMALIZATIONS``)."""
+    mean, divisor = weight_statistics(w, eps, correction, detach_stats)
+    return (w - mean) / divisor
 
 
 # Eq. 9 as the paper states it, and as the APoT authors' code computes it (mean and std read
@@ -135,6 +148,20 @@ class RCFQuantizer(nn.Module):
     ``divide_first`` rounds as the authors' code (``project_divided``). The level set
     is a non-persistent buffer, so a state dict holds only alpha and loads across bit-widths
     (progressive initialization).
+
+    ``rescale`` (with ``normalize``) multiplies the output by Eq. 9's ``std + eps``:
+    ``W_hat = (std + eps) * alpha * Pi(clip(W_tilde / alpha))``, so the layer keeps the float
+    weight's scale and a pretrained model computes what it computed before quantization, up to
+    the quantization error and the removed mean. The paper feeds ``alpha * Pi(...)`` to the
+    convolution and lets the BatchNorm after it absorb the scale; a BatchNorm in training mode
+    is invariant to a positive factor on its input, so there the loss and every gradient are
+    the same either way (up to BN's eps), while a layer without BatchNorm after it (a
+    classifier, a transformer's projections) would otherwise change its output by
+    ``1 / std``. ``rescale=False`` is the paper's literal output, which the APoT authors'
+    checkpoints need (their BatchNorm statistics were collected on it).
+
+    ``clip_input_gradient=False`` gives ``x`` the identity gradient (APoT §2.5, weights);
+    inputs keep Eq. 8's clipped straight-through.
     """
 
     def __init__(
@@ -146,6 +173,8 @@ class RCFQuantizer(nn.Module):
         normalize: bool = False,
         normalization: str = "eq9",
         divide_first: bool = False,
+        rescale: bool = True,
+        clip_input_gradient: bool = True,
     ) -> None:
         super().__init__()
         if normalization not in WEIGHT_NORMALIZATIONS:
@@ -155,6 +184,7 @@ class RCFQuantizer(nn.Module):
             )
         self.level_set, self.bits, self.signed, self.normalize = level_set, bits, signed, normalize
         self.normalization, self.divide_first = normalization, divide_first
+        self.rescale, self.clip_input_gradient = rescale, clip_input_gradient
         grid = make_levels(level_set, bits, signed)
         cells = grid_cells(grid)
         self.register_buffer("levels", grid.float(), persistent=False)
@@ -163,14 +193,30 @@ class RCFQuantizer(nn.Module):
         self.alpha = nn.Parameter(torch.tensor(float(alpha)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        divisor = None
         if self.normalize:
-            x = normalize_weight(x, **WEIGHT_NORMALIZATIONS[self.normalization])
-        return rcf_quantize(
-            x, self.alpha, self.levels, self.signed, self.table, self.divide_first
+            mean, divisor = weight_statistics(x, **WEIGHT_NORMALIZATIONS[self.normalization])
+            x = (x - mean) / divisor
+        out = rcf_quantize(
+            x, self.alpha, self.levels, self.signed, self.table, self.divide_first,
+            self.clip_input_gradient,
         )
+        return out * divisor if divisor is not None and self.rescale else out
+
+    def output_scale(self, w: torch.Tensor | None = None) -> torch.Tensor:
+        """What multiplies ``levels`` in the output: alpha, times Eq. 9's ``std + eps`` of the
+        weight ``w`` when the output is rescaled."""
+        alpha = self.alpha.detach()
+        if not (self.normalize and self.rescale):
+            return alpha
+        if w is None:
+            raise LowbitError("a rescaled weight quantizer's scale depends on the weight")
+        stats = WEIGHT_NORMALIZATIONS[self.normalization]
+        return alpha * weight_statistics(w.detach(), **stats)[1].to(alpha)
 
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else "unsigned"
         norm = f", weight_norm={self.normalization}" if self.normalize else ""
+        norm += ", rescale" if self.normalize and self.rescale else ""
         order = ", divide_first" if self.divide_first else ""
         return f"{self.level_set}, bits={self.bits}, {kind}{norm}{order}"

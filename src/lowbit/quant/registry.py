@@ -29,7 +29,12 @@ QuantizerFactory = Callable[..., nn.Module]
 @dataclass(frozen=True)
 class Method:
     """How a method quantizes a layer: factories called as ``factory(bits, **options)``;
-    ``input_quantizer=None`` leaves layer inputs float (a weight-only method)."""
+    ``input_quantizer=None`` leaves layer inputs float (a weight-only method). Every input
+    factory takes ``signed``: ``False`` for non-negative inputs (after a ReLU), ``True`` for
+    inputs that can be negative (a two-sided grid of the same method).
+
+    ``first_last_method`` names the method of the first and last quantized layers (their
+    paper's treatment at ``first_last_bits``), ``None`` for this method itself."""
 
     name: str
     weight_quantizer: QuantizerFactory
@@ -37,6 +42,7 @@ class Method:
     min_bits: int
     max_bits: int
     summary: str
+    first_last_method: str | None = None
 
     def check_bits(self, bits: int, what: str = "bits") -> None:
         if isinstance(bits, bool) or not isinstance(bits, int):
@@ -74,15 +80,25 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def _rcf_input(level_set: str, bits: int, signed: bool = False, **options) -> RCFQuantizer:
+    return RCFQuantizer(level_set, bits, signed, **{"alpha": 8.0, **options})
+
+
 def _rcf_method(level_set: str, summary: str) -> Method:
-    # APoT §4.2 CIFAR init: alpha 3.0 on normalized weights, 8.0 on activations.
+    # APoT §4.2 CIFAR init: alpha 3.0 on normalized weights, 8.0 on activations. Weights get
+    # the identity gradient (§2.5). First and last layers: 8-bit weights at steps of max(W),
+    # inputs float, as the APoT authors' code does them (APoT §4: "8-bit").
     return Method(
         name=level_set,
-        weight_quantizer=partial(RCFQuantizer, level_set, signed=True, alpha=3.0, normalize=True),
-        input_quantizer=partial(RCFQuantizer, level_set, signed=False, alpha=8.0),
+        weight_quantizer=partial(
+            RCFQuantizer, level_set, signed=True, alpha=3.0, normalize=True,
+            clip_input_gradient=False,
+        ),
+        input_quantizer=partial(_rcf_input, level_set),
         min_bits=2,
         max_bits=8,
         summary=summary,
+        first_last_method="maxscale",
     )
 
 
@@ -108,6 +124,8 @@ register_method(Method("dorefa", DoReFaWeightQuantizer,
                        "DoReFa: tanh-normalized weights (UniQ Eq. 2), inputs clipped to [0, 1]"))
 register_method(Method("pact", DoReFaWeightQuantizer, PACTQuantizer, 2, 8,
                        "PACT: learned clipping level alpha on inputs, DoReFa weights"))
-register_method(Method("coquant", partial(DoReFaWeightQuantizer, scheme="centered"),
-                       PACTQuantizer, 2, 8,
+# CoQuant's tables come from AdaBits' code: its "modified" weight rounding and autograd's alpha
+# gradient through its PACT formula.
+register_method(Method("coquant", partial(DoReFaWeightQuantizer, scheme="modified"),
+                       partial(PACTQuantizer, alpha_gradient="adabits"), 2, 8,
                        "CoQuant/AdaBits: nested DoReFa bins, PACT; adaptive.bits switches"))

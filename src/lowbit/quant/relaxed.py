@@ -3,7 +3,8 @@
 
 Both put ``x`` on the grid ``alpha * k``, ``k`` an integer in ``[lo, hi]`` (weights:
 ``[-2^(b-1), 2^(b-1)-1]``; activations: ``[0, 2^b-1]``), through logistic noise of learnable
-scale ``sigma``. Grid point k owns the cell ``alpha * [k - 1/2, k + 1/2]`` (Algorithm 2), so
+scale ``sigma``. Grid point k owns the cell ``alpha * [k - 1/2, k + 1/2]`` (Algorithm 2;
+Algorithm 1 lines 6-8, the end cells included: ``cell_mass``), so
 
     pi_k = S((alpha (k + 1/2) - x) / sigma) - S((alpha (k - 1/2) - x) / sigma)      (Eq. 1)
 
@@ -17,6 +18,9 @@ Nothing of size ``numel x 2^b`` is ever built:
   a run of consecutive points sharing a gate the best point is again the run's point nearest
   to x, so the mode is one of one candidate per run (``b`` bits, bitwise masks: ``2b - 2``
   candidates), scored elementwise with a running maximum.
+* SRQ's straight-through gradient (Eq. 3) goes through ``r_imax = Z pi_imax / sum_j Z_j pi_j``;
+  the cells tile the grid, so the sum telescopes over each run of points sharing a gate: a
+  difference of two sigmoids per run and element (``_SemiRelaxed``).
 * RQ samples over a window of grid points around ``round(x / alpha)`` reaching ``delta``
   sigmas past x (Louizos et al.: the mass beyond is negligible), shifted to stay inside the
   grid: ``numel x (2 ceil(delta sigma / alpha + 1/2) + 1)`` values.
@@ -170,14 +174,49 @@ def srq_argmax(
     return best_k
 
 
+# Elements per step of the eager SRQ backward: its ~20 temporaries stay a few MiB however large
+# the tensor (the forward saves x and one-byte grid indices only).
+SRQ_CHUNK = 1 << 18
+# exp of at most this in the gates' gradient: a dropped level's mass over the chosen point's
+# (e^(rho distance)) passes float32's range when x sits far out on a dropped level (8 bits).
+LOG_RATIO_CAP = 60.0
+
+
 class _SemiRelaxed(torch.autograd.Function):
     """SRQ forward ``alpha * k_max`` with the multi-class straight-through estimator (Eq. 3).
 
-    The one-hot ``y`` of the mode passes gradients as if ``y_max`` were ``Z pi_max`` (the
-    §3.2 reading ``r ~ pi``): with ``G = dL/dx_hat`` and ``c = G alpha k Z``,
-    ``dL/dx = c dpi/dx``, ``dL/dsigma = sum c dpi/dsigma``,
-    ``dL/dalpha = sum G k + sum c dpi/dalpha`` (the grid itself scales with alpha) and
-    ``dL/dZ_g = sum over points of group g of G alpha k pi``. Other grid points get none.
+    Eq. 3: "Forward: y = one_hot[argmax_i r_i], Backward: dL/dr_imax = dL/dy_imax and
+    dL/dr_i = 0 for i != imax", with ``r_i = Z_i pi_i / sum_j Z_j pi_j`` (Algorithm 1 lines
+    11-14; ``Z = 1`` without masks, line 14). The mode of ``r`` is that of ``Z pi``, so the
+    forward never forms ``r``. With ``G = dL/dx_hat``, ``x_hat = alpha k`` and ``m = imax``:
+    ``dL/dx = G alpha k dr_m/dx``, ``dL/dsigma = sum G alpha k dr_m/dsigma``,
+    ``dL/dalpha = sum G k + sum G alpha k dr_m/dalpha`` (the grid scales with alpha) and
+    ``dL/dZ_g = sum G alpha k dr_m/dZ_g`` (numerator and denominator).
+
+    ``dr_m = r_m (d log pi_m - d log D)``, ``D = sum_j Z_j pi_j``. Cells tile the grid (every
+    point's cell has width alpha, end cells included: see ``cell_mass``), so ``D`` telescopes
+    within each run of points sharing a gate: ``D = sum_j Z_j mass_j`` over runs ``j``,
+    ``mass_j = S(U_j) - S(L_j)`` with ``U_j = (alpha (last_j + 1/2) - x) / sigma`` and
+    ``L_j = (alpha (first_j - 1/2) - x) / sigma``: O(runs) sigmoids per element (one interval
+    without masks), nothing of size ``numel x 2^b``. With ``w_j = Z_j mass_j / D`` (summing to
+    1), the chosen cell's edges ``a = (alpha (k + 1/2) - x) / sigma``, ``b = a - alpha/sigma``,
+    ``Delta_j = (S(b) - S(L_j)) - (S(U_j) - S(a))``, ``p = S'(upper) / mass`` (``cell_mass``;
+    ``p_c`` the cell's) and ``rho = alpha / sigma``, ``sigma d log r_m`` is
+
+    * x: ``sum_j w_j Delta_j``,
+    * alpha: ``p_c - sum_j w_j p_j n_j + (1 - S(a) - S(b)) (k - sum_j w_j first_j)
+      - sum_j w_j Delta_j (first_j - 1/2)`` (``n_j`` points in run ``j``),
+    * sigma: ``rho (S(a) + S(b) - 1) (k - sum_j w_j first_j) + sum_j w_j Delta_j L_j - p_c rho
+      + sum_j w_j p_j n_j rho``,
+
+    from ``sigma d log mass / dx = S(upper) + S(lower) - 1`` (``cell_mass``) and
+    ``d log mass / d alpha = p n + (1 - S(upper) - S(lower)) (first - 1/2)`` per interval.
+    Each ``Delta_j`` is taken in the tail where its sigmoids are small, so the gradients of x
+    far outside the grid (where they vanish for x and tend to constants for alpha, sigma)
+    carry no float noise. Weights are computed relative to the chosen point's score
+    ``Z_m pi_m``, the largest cell score, so each run's is at most its length and
+    ``1 / r_m = sum_j Z_j mass_j / (Z_m pi_m)``. The gates: ``dr_m / dZ_g = r_m ([g = g_m] /
+    Z_m - r_m mass_g / (Z_m pi_m))``.
     """
 
     @staticmethod
@@ -198,50 +237,144 @@ class _SemiRelaxed(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, k_int, alpha, sigma, gates = ctx.saved_tensors
-        if gates is None and native.usable(grad_out, x):  # the sums below in one pass
-            ratio = float(alpha / sigma)
-            grad_x, sums = native.srq_backward(
-                grad_out, x, k_int, float(alpha), ratio, float(1 / sigma)
+        runs = ctx.runs
+        if gates is None and native.usable(grad_out, x):  # the eager formulas in one pass
+            grad_x, (sum_gk, sum_alpha, sum_sigma) = native.srq_backward(
+                grad_out, x, k_int, float(alpha / sigma), float(1 / sigma), runs[0][0],
+                runs[-1][1],
             )
-            c, c_up, c_lo, gx_kr, gx_a = sums
-            grad_alpha = c / ratio - gx_kr / ratio + (c_up + c_lo) / 2
-            grad_sigma = gx_a - ratio * c_lo
-            return (
-                grad_x, alpha.new_tensor(grad_alpha).reshape(alpha.shape),
-                sigma.new_tensor(grad_sigma).reshape(sigma.shape), None, None,
+            grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
+            grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
+            return grad_x, grad_alpha, grad_sigma, None, None
+        if grad_out.shape != x.shape or not grad_out.is_contiguous():
+            grad_out = grad_out.expand_as(x).contiguous()
+        flat_x, flat_g, flat_k = x.reshape(-1), grad_out.reshape(-1), k_int.reshape(-1)
+        grad_x = torch.empty_like(flat_x)
+        want_gates = gates is not None and ctx.needs_input_grad[3]
+        totals = x.new_zeros(3)  # sum G k, the alpha terms, the sigma terms
+        grad_gates = None if gates is None else torch.zeros_like(gates)
+        for start in range(0, flat_x.numel(), SRQ_CHUNK):
+            part = slice(start, start + SRQ_CHUNK)
+            grad_x[part], sums, gate_part = _srq_chunk_gradients(
+                flat_g[part], flat_x[part], flat_k[part], alpha, sigma, runs, gates, want_gates
             )
-        # With A = (alpha (k + 1/2) - x)/sigma, B = A - alpha/sigma and S' = S (1 - S):
-        # dpi/dx = (S'(B) - S'(A))/sigma, dpi/dalpha = (S'(A)(k + 1/2) - S'(B)(k - 1/2))/sigma,
-        # dpi/dsigma = (S'(B) B - S'(A) A)/sigma. With r = alpha/sigma and c = G k Z r (Z the
-        # point's gate, 1 without masks), the sums over G alpha k Z dpi/d... become:
-        # dL/dx = c (S'(B) - S'(A)); dL/dalpha = sum(G k) - sum(dL/dx k) + sum(c (S'(A) +
-        # S'(B)))/2; dL/dsigma = sum(dL/dx A) - r sum(c S'(B)). Every tensor carries k r.
-        ratio = alpha / sigma
-        kr = k_int.to(x.dtype).mul_(ratio)
-        c = grad_out * kr
-        sum_gk = c.sum() / ratio  # sum(G k), before the gates
-        if gates is not None:
-            point_gate, index = _point_gates(gates, ctx.runs, k_int)
-            c.mul_(point_gate.index_select(0, index).view_as(c))
-        a = torch.addcmul(kr, x, -1 / sigma).add_(ratio / 2)  # A = k r + r/2 - x/sigma
-        s_up = torch.sigmoid(a)
-        s_lo = torch.sub(a, ratio).sigmoid_()
-        grad_gates = None
-        if gates is not None and ctx.needs_input_grad[3]:
-            weight = torch.sub(s_up, s_lo).mul_(grad_out).mul_(kr).mul_(sigma)  # G alpha k pi
-            grad_points = torch.zeros_like(point_gate).index_add_(0, index, weight.reshape(-1))
-            grad_gates = _group_sums(grad_points, gates, ctx.runs)
-        slope_up = s_up.addcmul_(s_up, s_up, value=-1)
-        slope_lo = s_lo.addcmul_(s_lo, s_lo, value=-1)
-        flat_c = c.reshape(-1)
-        sum_up, sum_lo = flat_c.dot(slope_up.reshape(-1)), flat_c.dot(slope_lo.reshape(-1))
-        grad_x = slope_lo.sub_(slope_up).mul_(c)
-        del c, s_up, slope_up
-        flat_gx = grad_x.reshape(-1)
-        grad_alpha = sum_gk - flat_gx.dot(kr.reshape(-1)) / ratio + (sum_up + sum_lo) / 2
-        grad_sigma = flat_gx.dot(a.reshape(-1)) - ratio * sum_lo
-        grad_alpha, grad_sigma = grad_alpha.reshape(alpha.shape), grad_sigma.reshape(sigma.shape)
-        return grad_x, grad_alpha, grad_sigma, grad_gates, None
+            totals += sums
+            if gate_part is not None:
+                grad_gates += gate_part
+        grad_alpha = (totals[0] + totals[1]).reshape(alpha.shape)
+        grad_sigma = totals[2].reshape(sigma.shape)
+        return grad_x.view_as(x), grad_alpha, grad_sigma, grad_gates if want_gates else None, None
+
+
+def cell_mass(
+    upper: torch.Tensor, lower: torch.Tensor, width: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``log(S(upper) - S(lower))`` for ``upper - lower = width`` (Eq. 1 over one cell, or
+    summed over a run of cells) and the slope ``S'(upper) / (S(upper) - S(lower))``, stable far
+    from x: ``S(u) - S(l) = S(u) S(-l) (1 - e^(-width))``, so the slope is ``S(-u) / (S(-l)
+    (1 - e^(-width)))``, at most ``1 / (1 - e^(-width))``. (The lower edge's,
+    ``S'(l) / (S(u) - S(l))``, is the slope plus ``S(u) + S(l) - 1``: ``S' = S - S^2``.)
+
+    Algorithm 1 lines 6-8 shift the grid by ``-alpha/2``, ``F = S((I - x) / sigma)`` and
+    ``pi_i = F[i+1] - F[i]`` for ``i = 0 .. 2^b - 1``: ``F[2^b]`` is the shifted grid's next
+    point, ``g_last + alpha/2``. So every cell, the end cells included, is Eq. 1's
+    ``[g_i - alpha/2, g_i + alpha/2]`` (not RQ's open end cells that reach to +-infinity,
+    under which ``sum pi = 1`` and Algorithm 1's normalization, line 14, would do nothing),
+    and ``sum_j pi_j = S((alpha (hi + 1/2) - x) / sigma) - S((alpha (lo - 1/2) - x) / sigma)``.
+    """
+    log_fill = torch.log(-torch.expm1(-width))
+    log_upper, log_not_lower = F.logsigmoid(upper), F.logsigmoid(-lower)
+    slope = F.logsigmoid(-upper).sub_(log_not_lower).sub_(log_fill).exp_()
+    return log_upper.add_(log_not_lower).add_(log_fill), slope
+
+
+def sigmoid_difference(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """``S(p) - S(q)``, taken as ``S(-q) - S(-p)`` where both are near 1."""
+    return torch.where(
+        p + q > 0, torch.sigmoid(-q) - torch.sigmoid(-p), torch.sigmoid(p) - torch.sigmoid(q)
+    )
+
+
+def _srq_chunk_gradients(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    k_int: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    runs: list[Run],
+    gates: torch.Tensor | None,
+    want_gates: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``_SemiRelaxed``'s backward on flat ``x`` (its docstring has the formulas): ``dL/dx``,
+    ``(sum G k, sum G alpha k dr/dalpha, sum G alpha k dr/dsigma)`` and the gates' gradient
+    (``None`` unless ``want_gates``)."""
+    ratio = alpha / sigma
+    k = k_int.to(x.dtype)
+    # (alpha (point + 1/2) - x) / sigma as (point rho + rho/2) + (-x / sigma): the same float
+    # operations for a cell's edges and a run's, so the top cell's upper edge is the grid's.
+    offset = x.div(sigma).neg_()
+    half = ratio / 2
+
+    def upper_edge(point):
+        return (point * ratio + half) + offset
+
+    upper = upper_edge(k)
+    lower = upper - ratio
+    log_pi, slope = cell_mass(upper, lower, ratio)
+    if gates is not None:
+        point_gate, index = _point_gates(gates, runs, k_int)
+        log_selected = log_pi + point_gate.log().index_select(0, index)
+    else:
+        log_selected = log_pi
+    del log_pi
+    # Sums over runs of w_j (D / (Z_m pi_m)), w_j first_j, w_j p_j n_j, w_j Delta_j,
+    # w_j Delta_j (first_j - 1/2) and w_j Delta_j L_j.
+    total, first_sum, spread, delta, delta_first, delta_low = (
+        torch.zeros_like(x) for _ in range(6)
+    )
+    for first, last, group in runs:
+        run_upper, run_lower = upper_edge(float(last)), upper_edge(float(first)).sub_(ratio)
+        count = last - first + 1
+        log_mass, run_slope = cell_mass(run_upper, run_lower, ratio * count)
+        weight = log_mass.sub_(log_selected)
+        if group != NO_MASK:
+            weight += gates[group].log()
+        weight = weight.exp_()  # Z_j mass_j / (Z_m pi_m)
+        run_delta = sigmoid_difference(lower, run_lower).sub_(sigmoid_difference(run_upper, upper))
+        run_delta.mul_(weight)
+        total += weight
+        first_sum.add_(weight, alpha=first)
+        spread.addcmul_(weight, run_slope, value=count)
+        delta += run_delta
+        delta_first.add_(run_delta, alpha=first - 0.5)
+        delta_low.addcmul_(run_delta, run_lower)
+        del log_mass, run_slope, run_upper, run_lower, weight, run_delta
+    r = total.reciprocal_()
+    mean_first_gap = first_sum.mul_(r).neg_().add_(k)  # k - sum_j w_j first_j
+    # S(a) + S(b) - 1 as S(b) - S(-a): never two sigmoids near 1 (b < a).
+    tails = torch.sigmoid(lower).sub_(torch.sigmoid(-upper))
+    c = grad * k * ratio  # G alpha k / sigma
+    cr = c * r
+    grad_x = delta * r * cr
+    alpha_terms = slope - spread * r - tails * mean_first_gap - delta_first * r
+    sigma_terms = (tails * mean_first_gap - slope).mul_(ratio) + (delta_low + spread * ratio) * r
+    sums = torch.stack([(grad * k).sum(), cr.dot(alpha_terms), cr.dot(sigma_terms)])
+    if not want_gates:
+        return grad_x, sums, None
+    # dr_m/dZ_g = r_m ([g = g_m] / Z_m - r_m mass_g / (Z_m pi_m)), times G alpha k = c sigma.
+    crs = cr * sigma
+    inverse_gate = torch.where(point_gate > 0, point_gate.reciprocal(), 0.0)
+    own = crs * inverse_gate.index_select(0, index)
+    grad_gates = _group_sums(torch.zeros_like(point_gate).index_add_(0, index, own), gates, runs)
+    crs.mul_(r)
+    for first, last, group in runs:
+        if group == NO_MASK:
+            continue
+        run_upper, run_lower = upper_edge(float(last)), upper_edge(float(first)).sub_(ratio)
+        log_mass, _ = cell_mass(run_upper, run_lower, ratio * (last - first + 1))
+        relative = log_mass.sub_(log_selected).clamp_(max=LOG_RATIO_CAP).exp_()
+        grad_gates[group] -= crs.dot(relative)
+    return grad_x, sums, grad_gates
 
 
 def _point_gates(
@@ -275,7 +408,8 @@ def semi_relaxed_quantize(
     gates: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """SRQ (Eq. 3): the mode of ``Z pi / sum(Z pi)`` on the grid ``alpha * k``, with the
-    multi-class straight-through gradient into ``x``, ``alpha``, ``sigma`` and the gates.
+    multi-class straight-through gradient through ``r_imax`` into ``x``, ``alpha``, ``sigma``
+    and the gates (``_SemiRelaxed``).
 
     ``runs`` as in ``srq_argmax``; ``gates`` (one per mask group, from
     ``DropBitsMasks.gates``) is ``None`` without DropBits. Without masks the forward equals
@@ -339,7 +473,8 @@ class _LogisticGrid(nn.Module):
 
 
 class RQQuantizer(_LogisticGrid):
-    """Relaxed Quantization (Algorithm 2 in training, Algorithm 3 in evaluation).
+    """Relaxed Quantization (Algorithm 2 in training, Algorithm 3 in evaluation), on the signed
+    grid ``alpha [-2^(b-1), 2^(b-1)-1]`` or (``signed=False``) ``alpha [0, 2^b-1]``.
 
     ``temperature`` is the Gumbel-softmax tau (default 1.0). ``anneal=True`` uses App. F's
     ``tau = max(0.5, c exp(-t / 1e5))``, updated every 1000 iterations, ``c = temperature``
@@ -394,7 +529,12 @@ class SRQQuantizer(_LogisticGrid):
     ``masks="bitwise"`` or ``"endpoints"`` adds one ``DropBitsMasks`` child (weights only);
     ``l0_lambda > 0`` learns the bit-width (§3.5, regularized for the first ``l0_fraction``
     of training). The masks module carries the training hooks (``regularization_loss``,
-    ``set_progress``). Evaluation is deterministic: the nearest grid point whose level is kept.
+    ``set_progress``). Evaluation is deterministic: Algorithm 1's DEPLOYMENT,
+    ``clamp(alpha round(x / alpha))`` on the full grid, unless bits are learned; then the
+    nearest grid point whose level is kept (``DropBitsMasks.alive``).
+
+    ``signed`` picks the grid: ``alpha [-2^(b-1), 2^(b-1)-1]`` (weights, or layer inputs that
+    take negative values) or ``alpha [0, 2^b-1]`` (inputs after a ReLU, §3.1).
     """
 
     def __init__(
@@ -421,5 +561,9 @@ class SRQQuantizer(_LogisticGrid):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._start(x)
-        gates = None if self.masks is None else self.masks.gates()
+        if self.masks is None:
+            return semi_relaxed_quantize(x, self.alpha, self.sigma, self.runs)
+        gates = self.masks.gates()
+        if not self.training and bool(gates.eq(1).all()):  # every level kept: the full grid
+            return semi_relaxed_quantize(x, self.alpha, self.sigma, [(self.lo, self.hi, NO_MASK)])
         return semi_relaxed_quantize(x, self.alpha, self.sigma, self.runs, gates)

@@ -133,13 +133,23 @@ class LearnedStepQuantizer(nn.Module):
 
     The step is set from data, under ``no_grad``, by ``initialize``: on the first ``observe``
     (calibration, ``lowbit.nn.calibrate``) or else on the first forward. Weight quantizers use
-    the first tensor they see; activation quantizers keep the maximum of the per-batch
-    estimates over every batch observed before training starts (UniQ §4.2). A step loaded from
-    a state dict is kept as it is.
+    the first tensor they see; activation quantizers (``activation=True``; signed ones use the
+    weights' grid and init rule on their input) keep the maximum of the per-batch estimates
+    over every batch observed before training starts (UniQ §4.2).
+
+    A step loaded from a state dict is kept when it was learned at the same bit-width (the
+    ``step_bits`` buffer records it); at another bit-width it is dropped and the step is
+    initialized again from data, as UniQ §4.2 / Table 1 initialize each bit-width's step
+    (progressive 2 -> 1 bit runs would otherwise start from the 2-bit step).
     """
 
     def __init__(
-        self, bits: int, grid: str, init: Init = "mse", per_channel: bool = False
+        self,
+        bits: int,
+        grid: str,
+        init: Init = "mse",
+        per_channel: bool = False,
+        activation: bool | None = None,
     ) -> None:
         super().__init__()
         if grid not in GRIDS:
@@ -150,16 +160,23 @@ class LearnedStepQuantizer(nn.Module):
                 f"a {grid} quantizer needs bits in {min_bits}..{MAX_BITS}, got {bits!r}"
             )
         _check_init(init, grid)
-        if per_channel and grid == "unsigned":
-            raise LowbitError("activation quantizers are layer-wise; drop per_channel=True")
         self.bits, self.grid, self.init, self.per_channel = bits, grid, init, per_channel
+        self.activation = grid == "unsigned" if activation is None else activation
+        if per_channel and self.activation:
+            raise LowbitError("activation quantizers are layer-wise; drop per_channel=True")
         self.q_min, self.q_max = code_range(grid, bits)
         self.q_p = positive_levels(grid, bits)
         # A placeholder until initialize(): the number of channels is known only from data.
         self.step = nn.Parameter(torch.ones(()))
+        self.register_buffer("step_bits", torch.tensor(bits))
         self.initialized = False
         self._calibrating = False
         self._warned_negative = False
+
+    @property
+    def signed(self) -> bool:
+        """Whether the grid has negative levels."""
+        return self.grid != "unsigned"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.initialized:
@@ -179,7 +196,7 @@ class LearnedStepQuantizer(nn.Module):
         """Calibration hook: initialize from ``x``; activations keep the running maximum."""
         if not self.initialized:
             self.initialize(x)
-            self._calibrating = self.grid == "unsigned"
+            self._calibrating = self.activation
         elif self._calibrating:
             self._set_step(torch.maximum(self.step, self.initial_step(x).to(self.step)))
 
@@ -225,8 +242,16 @@ class LearnedStepQuantizer(nn.Module):
             )
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # load_state_dict hands each module a shallow copy of the caller's dict.
+        saved_bits = state_dict.setdefault(prefix + "step_bits", self.step_bits.clone())
         saved = state_dict.get(prefix + "step")
-        if saved is not None:
+        if saved is not None and int(saved_bits) != self.bits:
+            state_dict[prefix + "step"] = torch.ones(())  # another bit-width's step: re-init
+            state_dict[prefix + "step_bits"] = self.step_bits.clone()
+            with torch.no_grad():
+                self._set_step(state_dict[prefix + "step"])
+            self.initialized, self._calibrating = False, False
+        elif saved is not None:
             with torch.no_grad():
                 self._set_step(saved)
             self.initialized, self._calibrating = True, False
@@ -256,9 +281,13 @@ def uniq_weight_quantizer(
     return LearnedStepQuantizer(bits, "symmetric", init, per_channel)
 
 
-def uniq_input_quantizer(bits: int, init: Init = "mse") -> LearnedStepQuantizer:
-    """UniQ activations: unsigned grid with a zero level (Eq. 5), layer-wise."""
-    return LearnedStepQuantizer(bits, "unsigned", init)
+def uniq_input_quantizer(
+    bits: int, init: Init = "mse", signed: bool = False
+) -> LearnedStepQuantizer:
+    """UniQ activations: unsigned grid with a zero level (Eq. 5), layer-wise. ``signed=True``:
+    the symmetric grid of Eq. 3 with Eq. 9's init on the input, as the UniQ authors quantize
+    the first convolution's (signed) input with their weight quantizer, layer-wise."""
+    return LearnedStepQuantizer(bits, "symmetric" if signed else "unsigned", init, activation=True)
 
 
 def lsq_weight_quantizer(bits: int, per_channel: bool = False) -> LearnedStepQuantizer:
@@ -266,6 +295,7 @@ def lsq_weight_quantizer(bits: int, per_channel: bool = False) -> LearnedStepQua
     return LearnedStepQuantizer(bits, "signed", "lsq", per_channel)
 
 
-def lsq_input_quantizer(bits: int) -> LearnedStepQuantizer:
-    """LSQ activations: unsigned grid, ``2 E|X| / sqrt(Q_P)`` init."""
-    return LearnedStepQuantizer(bits, "unsigned", "lsq")
+def lsq_input_quantizer(bits: int, signed: bool = False) -> LearnedStepQuantizer:
+    """LSQ activations: unsigned grid, ``2 E|X| / sqrt(Q_P)`` init; ``signed=True``: the
+    two's-complement grid of signed data (LSQ §2.1, ``Q_N = 2**(b-1)``, ``Q_P = 2**(b-1) - 1``)."""
+    return LearnedStepQuantizer(bits, "signed" if signed else "unsigned", "lsq", activation=True)
