@@ -120,7 +120,7 @@ def test_pact_alpha_gradient_is_pact_eq3(signed):
     else:  # step alpha / 3: {0, 1, 2, 3}
         assert out.tolist() == [0.0, 0, 0, 0, 0, 1, 2, 3, 3, 3]
         assert alpha.grad.item() == 8 + 9 + 10
-        assert x.grad.tolist() == [0.0, 0, 0, 0, 5, 6, 7, 0, 0, 0]
+        assert x.grad.tolist() == [0.0, 0, 0, 4, 5, 6, 7, 0, 0, 0]  # [0, alpha): Eq. 1
 
 
 def test_signed_pact_grid_is_symmetric_with_a_zero_level():

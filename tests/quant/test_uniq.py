@@ -98,15 +98,16 @@ def test_step_gradient_is_eq6_inside_and_outside():
 
 
 def test_activation_step_gradient_is_eq6_analogue():
-    """dQ_a/dstep = round(x/step) - x/step inside [0, (N-1) step], N - 1 above, 0 below."""
+    """dQ_a/dstep = round(x/step) - x/step inside (0, (N-1) step), N - 1 at and above the
+    upper bound, 0 at and below zero (the bounds count as clipped, Eq. 6's |x| < alpha)."""
     s = 0.5
     x = torch.tensor([-1.0, 0.1, 0.7, 1.2, 1.5, 4.0], dtype=torch.float64)
     step = torch.tensor(s, dtype=torch.float64, requires_grad=True)
     xg = x.clone().requires_grad_()
     learned_step_quantize(xg, step, 0.0, 3.0).backward(torch.ones_like(x))
-    expected = [0.0, 0.0 - 0.2, 1.0 - 1.4, 2.0 - 2.4, 3.0 - 3.0, 3.0]
+    expected = [0.0, 0.0 - 0.2, 1.0 - 1.4, 2.0 - 2.4, 3.0, 3.0]
     torch.testing.assert_close(step.grad, torch.tensor(expected, dtype=torch.float64).sum())
-    assert xg.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 1.0, 0.0]
+    assert xg.grad.tolist() == [0.0, 1.0, 1.0, 1.0, 0.0, 0.0]
 
 
 @pytest.mark.parametrize("per_channel", [False, True])

@@ -76,7 +76,8 @@ ALPHA_GRADIENTS = ("pact", "adabits")
 
 class _PACT(torch.autograd.Function):
     """PACT's clip and uniform rounding (see ``pact_quantize``) with straight-through
-    gradients: ``x`` passes inside the open clipping range and gets zero outside.
+    gradients: ``x`` passes inside the clipping range and gets zero outside: ``[0, alpha)``
+    (PACT Eq. 1's middle piece), ``(-alpha, alpha)`` two-sided.
 
     The alpha gradient is PACT's (Choi et al. 2018, Eq. 3): ``dQ/dalpha = 1`` for
     ``x >= alpha`` (``-1`` for ``x <= -alpha`` when two-sided), 0 inside, i.e. the upstream
@@ -120,7 +121,8 @@ class _PACT(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
         adabits = ctx.alpha_gradient == "adabits" and ctx.needs_input_grad[1]
-        low = -alpha if ctx.signed else alpha.new_zeros(())
+        # One-sided: the open range from just below zero is PACT's [0, alpha).
+        low = -alpha if ctx.signed else alpha.new_tensor(-torch.finfo(x.dtype).tiny)
         grad_x, grad_alpha = clip_backward(
             grad_out, x, out, low, alpha, closed=False, scale=alpha if adabits else None
         )

@@ -43,8 +43,8 @@ class _LearnedStepQuantize(torch.autograd.Function):
 
     Autograd of the same formula gives these gradients but records five elementwise ops and
     saves their inputs; this Function saves only ``x`` and the output, keeping the cost within
-    a few passes over memory. Backward: ``x`` passes straight through inside the clipping range
-    and gets 0 outside. For the step, ``dQ/dstep = q - x/step`` inside (UniQ Eq. 6, first
+    a few passes over memory. Backward: ``x`` passes straight through inside the open clipping
+    range and gets 0 outside and on its bounds. For the step, ``dQ/dstep = q - x/step`` inside (UniQ Eq. 6, first
     case) and ``q`` outside (the clipped code), i.e. ``(Q - x [inside]) / step`` everywhere:
     two dot products for a layer-wise step. Times the gradient scale ``g``.
     """
@@ -71,8 +71,10 @@ class _LearnedStepQuantize(torch.autograd.Function):
     def backward(ctx, grad_out):
         x, out, step = ctx.saved_tensors
         layer_wise = step.numel() == 1
+        # The bounds themselves count as clipped (UniQ Eq. 6: inside is |x| < alpha; LSQ Eq. 3:
+        # v/s >= Q_P gives Q_P).
         grad_x, grad_step = clip_backward(
-            grad_out, x, out, ctx.q_min * step, ctx.q_max * step,
+            grad_out, x, out, ctx.q_min * step, ctx.q_max * step, closed=False,
             scale=step if layer_wise and ctx.needs_input_grad[1] else None,
         )
         if grad_step is not None:
