@@ -147,3 +147,18 @@ def test_cli_report_bad_model(capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "zoo model" in err
     assert main(["report", "resnet20", "--method", "apot"]) == 2
+
+
+def test_conv1d_and_transposed_convs_are_priced():
+    """MACs: a Conv1d's outputs times in_channels * kernel; a ConvTranspose2d's inputs times
+    out_channels * kernel area; both quantized layers are priced at their bits."""
+    from lowbit.analysis.cost import count_macs
+
+    model = nn.Sequential(nn.Conv1d(4, 8, 3), nn.ReLU(), nn.Unflatten(2, (2, 4)),
+                          nn.ConvTranspose2d(8, 6, 4, stride=2))
+    counts = count_macs(model, torch.randn(2, 4, 10))
+    assert counts["0"][0] == 8 * 8 * (4 * 3)
+    assert counts["3"][0] == (8 * 2 * 4) * (6 * 16)
+    lowbit.quantize(model, "lsq", 4, first_last_bits=None, overrides={"3": 4})
+    cost = model_cost(model, torch.randn(2, 4, 10))
+    assert [layer.weight_bits for layer in cost.layers] == [None, 4]

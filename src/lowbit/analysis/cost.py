@@ -30,7 +30,11 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.nn.layers import QConv2d, QLinear
+from lowbit.nn.layers import QUANTIZED_LAYERS
+
+QUANTIZED_TYPES = tuple(QUANTIZED_LAYERS.values())
+# Layers priced by their multiply-accumulates: every convolution and linear layer.
+PRICED = (nn.modules.conv._ConvNd, nn.Linear)
 
 FLOAT_BITS = 32
 MB = 2**20  # APoT Table 1's "MB" (derived in docs/fixops.md)
@@ -118,7 +122,7 @@ def _float_forward(model: nn.Module) -> Iterator[None]:
     quantizer that initializes itself on its first input must not see the sample."""
     detached = []
     for module in model.modules():
-        if isinstance(module, (QConv2d, QLinear)):
+        if isinstance(module, QUANTIZED_TYPES):
             detached.append((module, module.weight_quantizer, module.input_quantizer))
             module.weight_quantizer = module.input_quantizer = None
     try:
@@ -129,14 +133,19 @@ def _float_forward(model: nn.Module) -> Iterator[None]:
 
 
 def count_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[int, int]]:
-    """``{layer name: (MACs, operations)}`` per sample for every Conv2d / Linear called on
-    ``sample`` (a batch; counts are divided by its size). Runs one forward in eval mode."""
+    """``{layer name: (MACs, operations)}`` per sample for every convolution (transposed ones
+    too) and Linear called on ``sample`` (a batch; counts are divided by its size). Runs one
+    forward in eval mode. A convolution's MACs are its output elements times the inputs each
+    one sums (``weight[0]``); a transposed one's, its input elements times the outputs each one
+    feeds (its ``weight[0]`` too, ``(out/groups, *kernel)``)."""
     counts: dict[str, list[int]] = {}
     names = {module: name for name, module in model.named_modules()}
 
     def hook(module: nn.Module, inputs: tuple, output: torch.Tensor) -> None:
         per_sample = output.numel() // output.shape[0]
-        if isinstance(module, nn.Conv2d):
+        if isinstance(module, nn.modules.conv._ConvNd):
+            if module.transposed:
+                per_sample = inputs[0].numel() // inputs[0].shape[0]
             macs = per_sample * module.weight[0].numel()
             ops = macs
         else:
@@ -149,7 +158,7 @@ def count_macs(model: nn.Module, sample: torch.Tensor) -> dict[str, tuple[int, i
     handles = [
         module.register_forward_hook(hook)
         for module in model.modules()
-        if isinstance(module, (nn.Conv2d, nn.Linear))
+        if isinstance(module, PRICED)
     ]
     was_training = model.training
     try:
@@ -170,7 +179,7 @@ def model_cost(model: nn.Module, sample: torch.Tensor) -> ModelCost:
     counted = count_macs(model, sample)
     layers = []
     for name, module in model.named_modules():
-        if not isinstance(module, (nn.Conv2d, nn.Linear)):
+        if not isinstance(module, PRICED):
             continue
         weight_quantizer = getattr(module, "weight_quantizer", None)
         w_bits = quantizer_bits(weight_quantizer)

@@ -253,27 +253,32 @@ void lowbit_srq_round(const float *x, float *out, void *k, int wide, int64_t n, 
  * r = pi_k / sum_j pi_j (Eq. 3, Algorithm 1 line 14; relaxed.py, _SemiRelaxed, has the
  * derivation and the reading of the end cells). With rho = alpha / sigma, c = grad k rho, the
  * cell's edges a = k rho - x / sigma + rho / 2 (the first two terms cancel, so they are taken
- * in double) and b = a - rho, the grid's outer edges U (a at k = hi) and L (b at k = lo),
- * N = hi - lo + 1 points, D = S(U) - S(L) = sum_j pi_j, P_v = S'(v) / D and
- * Delta = (S(b) - S(L)) - (S(U) - S(a)) (each difference taken in the tail where its
- * sigmoids are small):
+ * in double) and b = a - rho, the grid's outer edges U = a + (hi - k) rho and
+ * L = b - (k - lo) rho, N = hi - lo + 1 points, W = N rho, D = S(U) - S(L) = sum_j pi_j,
+ * P_v = S'(v) / D and Delta = (S(b) - S(L)) - (S(U) - S(a)) (each difference taken in the
+ * tail where its sigmoids are small):
  *   grad_x = c r Delta,
  *   sums += (grad k,
  *            c (P_a - N r P_U + r (1 - S(a) - S(b)) (k - lo) - r Delta (lo - 1/2)),
  *            c (rho r (S(a) + S(b) - 1) (k - lo) + r Delta L - rho P_a + N rho r P_U))
- * for the alpha gradient (first two) and the sigma gradient. P_a, P_U and r are ratios to D,
- * computed without forming D: with E = max(-U, 0) + max(L, 0) (how far x lies outside the
- * grid, in sigmas) and t_v = e^-|v|, S(v) S(-v) / (S(U) S(-L)) = e^(E - |v|) (1 + t_U)
- * (1 + t_L) / (1 + t_v)^2, and e^(E - |v|) <= 1 for every edge v in [L, U], so no factor
- * under- or overflows however far x is from the grid. Likewise r = pi / D has the exponent
- * E - dist(0, [b, a]): e^(E - |b|) if b >= 0, e^(E - |a|) if a <= 0, else 1 (E = 0 then). */
-static inline float logistic(float v, float t) { /* S(v) from t = e^-|v| */
-    return v >= 0.f ? 1.f / (1.f + t) : t / (1.f + t);
+ * for the alpha gradient (first two) and the sigma gradient.
+ * The chosen point is the nearest, so a < 0 only at k = hi (x above the grid) and b > 0 only
+ * at k = lo (below it); everywhere else b <= 0 <= a. One exponential serves all four edges:
+ * with t_v = e^-|v|, t_b = e^-rho t_a above, t_a = e^-rho t_b below, t_a t_b = e^-rho inside,
+ * t_U = t_a e^-(hi - k) rho and t_L = t_b e^-(k - lo) rho (`decay`, e^-j rho by j). P_v and r are taken relative to D without forming it: with
+ * E = max(-U, 0) + max(L, 0) (how far x is outside the grid, in sigmas), S(v) S(-v) /
+ * (S(U) S(-L)) = e^(E - |v|) (1 + t_U) (1 + t_L) / (1 + t_v)^2 with e^(E - |v|) <= 1, and
+ * r = (1 - e^-rho) (1 + t_U) (1 + t_L) / ((1 - e^-W) (1 + t_a) (1 + t_b)), so nothing under-
+ * or overflows however far x is from the grid. */
+static inline float logistic(float v, float t, float inverse) { /* S(v), t = e^-|v|, 1/(1+t) */
+    return v >= 0.f ? inverse : t * inverse;
 }
 
-/* S(p) - S(q) from t_p, t_q, as S(-q) - S(-p) where both are near 1. */
-static inline float logistic_difference(float p, float t_p, float q, float t_q) {
-    return p + q > 0.f ? logistic(-q, t_q) - logistic(-p, t_p) : logistic(p, t_p) - logistic(q, t_q);
+/* S(p) - S(q), taken as S(-q) - S(-p) where both are near 1. */
+static inline float logistic_difference(float p, float t_p, float i_p, float q, float t_q,
+                                        float i_q) {
+    return p + q > 0.f ? logistic(-q, t_q, i_q) - logistic(-p, t_p, i_p)
+                       : logistic(p, t_p, i_p) - logistic(q, t_q, i_q);
 }
 
 VECTORIZED static void srq_backward_range(const float *restrict grad, const float *restrict x,
@@ -281,9 +286,9 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
                                           float *restrict grad_x, int64_t n, float ratio,
                                           float inverse_sigma, float lo, float hi,
                                           float inverse_fill, float cell_fill, float tail,
-                                          double *sums) {
+                                          const float *restrict decay, double *sums) {
     float grid[BLOCK];
-    const float half = ratio / 2, top = hi * ratio, bottom = lo * ratio, points = hi - lo + 1;
+    const float half = ratio / 2, points = hi - lo + 1, cell_decay = decay[1];
     for (int64_t start = 0; start < n; start += BLOCK) {
         int64_t count = n - start < BLOCK ? n - start : BLOCK;
         if (wide)
@@ -293,33 +298,40 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
         float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
 #pragma omp simd reduction(+ : gk_sum, alpha_sum, sigma_sum)
         for (int64_t i = 0; i < count; ++i) {
-            const double scaled = (double)x[start + i] * inverse_sigma;
             const float kr = grid[i] * ratio, g = grad[start + i], c = g * kr;
-            const float a = (float)((double)kr - scaled) + half, b = a - ratio;
-            const float up = (float)((double)top - scaled) + half;
-            const float low = ((float)((double)bottom - scaled) + half) - ratio;
-            const float t_up = exp_poly(-fabsf(up)), t_low = exp_poly(-fabsf(low));
-            const int above = up <= 0.f, below = low >= 0.f;
-            const float outside = (up < 0.f ? -up : 0.f) + (low > 0.f ? low : 0.f);
-            const float shrink = above ? t_up : (below ? t_low : 1.f); /* e^-E */
-            const float e_up = above ? 1.f : (below ? tail : t_up);
-            const float e_a = exp_poly(outside - fabsf(a)), e_b = exp_poly(outside - fabsf(b));
-            const float t_a = e_a * shrink, t_b = e_b * shrink;
+            const float a = (float)((double)kr - (double)x[start + i] * inverse_sigma) + half;
+            const float b = a - ratio;
+            const float above_steps = hi - grid[i], below_steps = grid[i] - lo;
+            const int above = (above_steps == 0.f) & (a < 0.f);
+            const int below = (below_steps == 0.f) & (b > 0.f);
+            /* Inside, the exponential of the edge nearer x (|v| <= rho / 2) gives the other's
+             * without underflow. */
+            const int use_b = below | (!above & (fabsf(b) < fabsf(a)));
+            const float t = exp_poly(-fabsf(use_b ? b : a));
+            const float other = (above | below) ? cell_decay * t : cell_decay / t;
+            const float t_a = use_b ? other : t, t_b = use_b ? t : other;
+            const float t_up = t_a * decay[(int32_t)above_steps];
+            const float t_low = t_b * decay[(int32_t)below_steps];
+            const float up = a + above_steps * ratio, low = b - below_steps * ratio;
             const float i_a = 1.f / (1.f + t_a), i_b = 1.f / (1.f + t_b);
-            const float u1 = 1.f + t_up, l1 = 1.f + t_low;
-            const float scale = u1 * l1 * inverse_fill;
+            const float i_up = 1.f / (1.f + t_up), i_low = 1.f / (1.f + t_low);
+            const float e_a = above ? 1.f : (below ? cell_decay : t_a); /* e^(E - |a|) */
+            const float e_up = above ? 1.f : (below ? tail : t_up);     /* e^(E - |U|) */
+            const float l1 = 1.f + t_low, scale = (1.f + t_up) * l1 * inverse_fill;
             const float p_a = scale * e_a * i_a * i_a;
-            const float p_up = inverse_fill * e_up * l1 / u1;
-            const float e_r = b >= 0.f ? e_b : (a <= 0.f ? e_a : 1.f);
-            const float r = scale * cell_fill * e_r * i_a * i_b;
-            const float delta = logistic_difference(b, t_b, low, t_low)
-                                - logistic_difference(up, t_up, a, t_a);
-            const float tails = logistic(b, t_b) - logistic(-a, t_a); /* S(a) + S(b) - 1 */
-            const float gap = grid[i] - lo, rd = r * delta;
+            const float p_up = inverse_fill * e_up * l1 * i_up;
+            const float r = scale * cell_fill * i_a * i_b;
+            const float delta = logistic_difference(b, t_b, i_b, low, t_low, i_low)
+                                - logistic_difference(up, t_up, i_up, a, t_a, i_a);
+            /* S(a) + S(b) - 1 as S(b) - S(-a): never two sigmoids near 1 */
+            const float tails = logistic(b, t_b, i_b) - logistic(-a, t_a, i_a);
+            const float rd = r * delta;
             grad_x[start + i] = c * rd;
             gk_sum += g * grid[i];
-            alpha_sum += c * (p_a - points * r * p_up - r * tails * gap - rd * (lo - 0.5f));
-            sigma_sum += c * (ratio * (r * tails * gap - p_a + points * r * p_up) + rd * low);
+            alpha_sum += c * (p_a - points * r * p_up - r * tails * below_steps
+                              - rd * (lo - 0.5f));
+            sigma_sum += c * (ratio * (r * tails * below_steps - p_a + points * r * p_up)
+                              + rd * low);
         }
         sums[0] += gk_sum, sums[1] += alpha_sum, sums[2] += sigma_sum;
     }
@@ -328,10 +340,13 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
 void lowbit_srq_backward(const float *grad, const float *x, const void *k, int wide,
                          float *grad_x, int64_t n, float ratio, float inverse_sigma, float lo,
                          float hi, double *sums, int threads) {
-    /* 1 / (1 - e^-W), 1 - e^-rho and e^-W, the grid's and the cell's constant factors. */
+    /* 1 / (1 - e^-W), 1 - e^-rho, e^-W and e^-j rho for j = 0 .. N - 1. */
     const double width = (double)ratio * ((double)hi - (double)lo + 1.0);
     const float inverse_fill = (float)(-1.0 / expm1(-width));
     const float cell_fill = (float)-expm1(-(double)ratio), tail = (float)exp(-width);
+    float decay[256]; /* grids of at most 8 bits (relaxed.py) */
+    const int32_t steps = (int32_t)(hi - lo) < 255 ? (int32_t)(hi - lo) : 255;
+    for (int32_t j = 0; j <= steps; ++j) decay[j] = (float)exp(-(double)ratio * j);
     double s0 = 0, s1 = 0, s2 = 0;
 #pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : s0, s1, s2)
     {
@@ -340,7 +355,8 @@ void lowbit_srq_backward(const float *grad, const float *x, const void *k, int w
         thread_range(n, &begin, &end);
         const char *k_at = (const char *)k + begin * (wide ? 2 : 1);
         srq_backward_range(grad + begin, x + begin, k_at, wide, grad_x + begin, end - begin,
-                           ratio, inverse_sigma, lo, hi, inverse_fill, cell_fill, tail, part);
+                           ratio, inverse_sigma, lo, hi, inverse_fill, cell_fill, tail, decay,
+                           part);
         s0 += part[0], s1 += part[1], s2 += part[2];
     }
     sums[0] = s0, sums[1] = s1, sums[2] = s2;
@@ -369,6 +385,179 @@ static inline float log_poly(float v) {
     y = y + e * -2.12194440e-4f;
     y = y - 0.5f * z;
     return m + y + e * 0.693359375f;
+}
+
+/* SRQ with DropBits masks, backward: the straight-through estimator through
+ * r = Z_k pi_k / sum_j Z_j pi_j (Eq. 3, Algorithm 1 lines 11-12), the formulas of relaxed.py
+ * (_SemiRelaxed) over the runs of grid points sharing a gate. Run j has `first`, `last`, gate
+ * Z_j (1 unmasked) and n_j points; its edges are L_j (the previous run's upper edge) and U_j.
+ * With the chosen cell's edges a, b, t_v = e^-|v| and dist(l, u) = max(l, 0) + max(-u, 0) (how
+ * far 0 lies from [l, u]), S(u) S(-l) = e^-dist(l, u) / ((1 + t_u) (1 + t_l)), so
+ *   mass_j / (Z_k pi_k) = e^(dist(b, a) - dist(L_j, U_j) - log Z_k)
+ *                         (1 + t_a) (1 + t_b) (1 - e^-W_j) / ((1 + t_U) (1 + t_L) (1 - e^-rho))
+ * (one exponential per run, at most the run's length / Z_j), w_j = Z_j times that, and a slope
+ * S(-u) / (S(-l) (1 - e^-w)) = e^(min(-u, 0) - min(-l, 0)) (1 + t_l) / ((1 + t_u)
+ * (1 - e^-w)), the exponential being e^-w, 1 or t_u. grad_x = c r^2 sum_j w_j Delta_j and the
+ * alpha and sigma terms are relaxed.py's. With `want_gates`, sums also get, per run, the sum
+ * of c sigma r / Z_k over elements whose point lies in it (3 + j) and of c sigma r^2
+ * mass_j / (Z_k pi_k) (3 + runs + j), the latter from `work` (runs x SRQ_BLOCK floats). */
+#define SRQ_BLOCK 256
+#define SRQ_LOG_RATIO_CAP 60.0f
+
+typedef struct {
+    float ratio, inverse_sigma, sigma, lo, cell_fill, cell_decay;
+    int32_t runs, want_gates;
+    const float *first, *last, *gate, *fill, *tail;
+    const float *point_log_gate, *point_inverse_gate;
+    const int32_t *point_run, *group;
+} SRQMasks;
+
+static inline float distance_to_zero(float low, float up) {
+    return (low > 0.f ? low : 0.f) + (up < 0.f ? -up : 0.f);
+}
+
+VECTORIZED static void srq_masked_range(const float *restrict grad, const float *restrict x,
+                                        const void *restrict k, int wide,
+                                        float *restrict grad_x, int64_t n,
+                                        const SRQMasks *m, float *restrict work,
+                                        double *sums) {
+    const float ratio = m->ratio, half = ratio / 2, sigma = m->sigma;
+    const float cap = SRQ_LOG_RATIO_CAP;
+    const int32_t runs = m->runs;
+    float grid[SRQ_BLOCK], a[SRQ_BLOCK], b[SRQ_BLOCK], t_a[SRQ_BLOCK], t_b[SRQ_BLOCK];
+    float i_a[SRQ_BLOCK], i_b[SRQ_BLOCK], reference[SRQ_BLOCK], cell[SRQ_BLOCK];
+    float edge[SRQ_BLOCK], t_edge[SRQ_BLOCK], i_edge[SRQ_BLOCK];
+    float total[SRQ_BLOCK], first_sum[SRQ_BLOCK], spread[SRQ_BLOCK], delta[SRQ_BLOCK];
+    float delta_first[SRQ_BLOCK], delta_low[SRQ_BLOCK], crs[SRQ_BLOCK], log_gate[SRQ_BLOCK];
+    double gk_total = 0, alpha_total = 0, sigma_total = 0;
+    for (int64_t start = 0; start < n; start += SRQ_BLOCK) {
+        int64_t count = n - start < SRQ_BLOCK ? n - start : SRQ_BLOCK;
+        if (wide)
+            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int16_t *)k)[start + i];
+        else
+            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int8_t *)k)[start + i];
+        for (int64_t i = 0; i < count; ++i)
+            log_gate[i] = m->point_log_gate[(int32_t)(grid[i] - m->lo)];
+        for (int64_t i = 0; i < count; ++i) {
+            const double s = (double)x[start + i] * m->inverse_sigma;
+            const float ai = (float)((double)(grid[i] * ratio) - s) + half, bi = ai - ratio;
+            const float low = (float)((double)(m->lo * ratio) - s) + half - ratio;
+            const float ta = exp_poly(-fabsf(ai)), tb = exp_poly(-fabsf(bi));
+            const float t_low = exp_poly(-fabsf(low));
+            a[i] = ai, b[i] = bi, t_a[i] = ta, t_b[i] = tb;
+            i_a[i] = 1.f / (1.f + ta), i_b[i] = 1.f / (1.f + tb);
+            reference[i] = distance_to_zero(bi, ai) - log_gate[i];
+            cell[i] = (1.f + ta) * (1.f + tb) / m->cell_fill;
+            edge[i] = low, t_edge[i] = t_low, i_edge[i] = 1.f / (1.f + t_low);
+            total[i] = first_sum[i] = spread[i] = delta[i] = delta_first[i] = delta_low[i] = 0.f;
+        }
+        for (int32_t j = 0; j < runs; ++j) {
+            const float first = m->first[j], points = m->last[j] - first + 1;
+            const float top = (m->last[j] + 0.5f) * ratio - half, gate = m->gate[j];
+            const float fill = m->fill[j], tail = m->tail[j];
+            float *relative = work + (int64_t)j * SRQ_BLOCK;
+            for (int64_t i = 0; i < count; ++i) {
+                const float low = edge[i], t_low = t_edge[i], i_low = i_edge[i];
+                const float up = a[i] + (top - grid[i] * ratio);
+                const float t_up = exp_poly(-fabsf(up)), i_up = 1.f / (1.f + t_up);
+                const float v = reference[i] - distance_to_zero(low, up);
+                const float rel = exp_poly(v < cap ? v : cap) * cell[i] * i_up * i_low * fill;
+                const float w = gate * rel;
+                const float e = low >= 0.f ? tail : (up <= 0.f ? 1.f : t_up);
+                const float slope = e * (1.f + t_low) * i_up / fill;
+                const float wd = w * (logistic_difference(b[i], t_b[i], i_b[i], low, t_low, i_low)
+                                      - logistic_difference(up, t_up, i_up, a[i], t_a[i], i_a[i]));
+                total[i] += w;
+                first_sum[i] += w * first;
+                spread[i] += w * slope * points;
+                delta[i] += wd;
+                delta_first[i] += wd * (first - 0.5f);
+                delta_low[i] += wd * low;
+                relative[i] = rel;
+                edge[i] = up, t_edge[i] = t_up, i_edge[i] = i_up;
+            }
+        }
+        float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
+        for (int64_t i = 0; i < count; ++i) {
+            const float r = 1.f / total[i], g = grad[start + i], kr = grid[i] * ratio;
+            const float c = g * kr, cr = c * r;
+            const float gap = grid[i] - first_sum[i] * r;
+            const float tails = logistic(b[i], t_b[i], i_b[i]) - logistic(-a[i], t_a[i], i_a[i]);
+            const float e = b[i] >= 0.f ? m->cell_decay : (a[i] <= 0.f ? 1.f : t_a[i]);
+            const float slope = e * (1.f + t_b[i]) * i_a[i] / m->cell_fill; /* the cell's */
+            grad_x[start + i] = cr * delta[i] * r;
+            gk_sum += g * grid[i];
+            alpha_sum += cr * (slope - spread[i] * r - tails * gap - delta_first[i] * r);
+            sigma_sum += cr * ((tails * gap - slope) * ratio
+                               + (delta_low[i] + spread[i] * ratio) * r);
+            crs[i] = cr * sigma;
+        }
+        gk_total += gk_sum, alpha_total += alpha_sum, sigma_total += sigma_sum;
+        if (!m->want_gates) continue;
+        for (int64_t i = 0; i < count; ++i) {
+            const int32_t point = (int32_t)(grid[i] - m->lo);
+            sums[3 + m->point_run[point]] += (double)(crs[i] * m->point_inverse_gate[point]);
+            crs[i] /= total[i]; /* c sigma r^2 */
+        }
+        for (int32_t j = 0; j < runs; ++j) {
+            if (m->group[j] < 0) continue; /* no gate: no gradient */
+            const float *relative = work + (int64_t)j * SRQ_BLOCK;
+            float part = 0.f;
+            for (int64_t i = 0; i < count; ++i) part += crs[i] * relative[i];
+            sums[3 + runs + j] += part;
+        }
+    }
+    sums[0] += gk_total, sums[1] += alpha_total, sums[2] += sigma_total;
+}
+
+/* sums: 3 + 2 runs doubles (see srq_masked_range); -1 if no work memory. */
+int lowbit_srq_masked_backward(const float *grad, const float *x, const void *k, int wide,
+                               float *grad_x, int64_t n, float ratio, float sigma, float lo,
+                               int32_t runs, const float *first, const float *last,
+                               const float *gate, const int32_t *group,
+                               const float *point_log_gate, const int32_t *point_run,
+                               int want_gates, double *sums, int threads) {
+    const int32_t points = (int32_t)(last[runs - 1] - lo) + 1;
+    float *tables = malloc(sizeof(float) * (2 * (size_t)runs + (size_t)points));
+    if (tables == 0) return -1;
+    float *fill = tables, *tail = tables + runs, *point_inverse_gate = tables + 2 * runs;
+    for (int32_t j = 0; j < runs; ++j) { /* 1 - e^-W_j and e^-W_j */
+        double width = (double)ratio * ((double)last[j] - (double)first[j] + 1.0);
+        fill[j] = (float)-expm1(-width);
+        tail[j] = (float)exp(-width);
+    }
+    for (int32_t p = 0; p < points; ++p) {
+        float z = gate[point_run[p]];
+        point_inverse_gate[p] = z > 0.f ? 1.f / z : 0.f;
+    }
+    SRQMasks masks = {ratio, 1.0f / sigma, sigma, lo, (float)-expm1(-(double)ratio),
+                      (float)exp(-(double)ratio), runs, want_gates, first, last, gate, fill,
+                      tail, point_log_gate, point_inverse_gate, point_run, group};
+    const int32_t slots = 3 + 2 * runs;
+    for (int32_t i = 0; i < slots; ++i) sums[i] = 0;
+    int failed = 0;
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : failed)
+    {
+        int64_t begin, end;
+        thread_range(n, &begin, &end);
+        float *work = malloc(sizeof(float) * (size_t)runs * SRQ_BLOCK);
+        double *part = calloc((size_t)slots, sizeof(double));
+        if (work == 0 || part == 0) {
+            failed += 1;
+        } else {
+            if (begin < end) {
+                const char *k_at = (const char *)k + begin * (wide ? 2 : 1);
+                srq_masked_range(grad + begin, x + begin, k_at, wide, grad_x + begin,
+                                 end - begin, &masks, work, part);
+            }
+#pragma omp critical
+            for (int32_t i = 0; i < slots; ++i) sums[i] += part[i];
+        }
+        free(work);
+        free(part);
+    }
+    free(tables);
+    return failed ? -1 : 0;
 }
 
 /* A uniform number in (0, 1) from a counter (murmur3's finalizer over seed and counter): the

@@ -68,6 +68,11 @@ _SIGNATURES = {  # name: (result type, argument types)
         _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float, _float,
         _doubles, _int,
     ]),
+    "lowbit_srq_masked_backward": (_int, [
+        _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float,
+        ctypes.c_int32, _pointer, _pointer, _pointer, _pointer, _pointer, _pointer, _int,
+        _doubles, _int,
+    ]),
     "lowbit_clip_backward": (
         None, [_pointer, _pointer, _pointer, _pointer, _size, _float, _float, _doubles, _int]
     ),
@@ -262,6 +267,49 @@ def srq_backward(
         torch.get_num_threads(),
     )
     return grad_x, list(sums)
+
+
+def srq_masked_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    k: torch.Tensor,
+    ratio: float,
+    sigma: float,
+    runs: list[tuple[int, int, int]],
+    gates: list[float],
+    want_gates: bool,
+) -> tuple[torch.Tensor, list[float], list[float] | None]:
+    """``grad_x`` of SRQ with DropBits masks (the straight-through estimator through
+    ``r = Z pi_k / sum_j Z_j pi_j``, ``kernels.c``), the sums ``(sum(grad k), alpha terms,
+    sigma terms)`` and, with ``want_gates``, the gradient of every gate in ``gates``;
+    ``runs`` as ``lowbit.quant.dropbits.mask_runs`` gives them."""
+    lo = runs[0][0]
+    count = len(runs)
+    first = torch.tensor([run[0] for run in runs], dtype=torch.float32)
+    last = torch.tensor([run[1] for run in runs], dtype=torch.float32)
+    group = torch.tensor([run[2] for run in runs], dtype=torch.int32)
+    run_gate = torch.tensor([1.0 if g < 0 else gates[g] for _, _, g in runs], dtype=torch.float32)
+    point_run = torch.cat([
+        torch.full((run[1] - run[0] + 1,), j, dtype=torch.int32) for j, run in enumerate(runs)
+    ])
+    point_log_gate = run_gate.log().index_select(0, point_run)
+    grad_x = torch.empty_like(x)
+    sums = (ctypes.c_double * (3 + 2 * count))()
+    status = library().lowbit_srq_masked_backward(
+        grad.data_ptr(), x.data_ptr(), k.data_ptr(), int(k.dtype == torch.int16),
+        grad_x.data_ptr(), x.numel(), ratio, sigma, lo, count, first.data_ptr(),
+        last.data_ptr(), run_gate.data_ptr(), group.data_ptr(), point_log_gate.data_ptr(),
+        point_run.data_ptr(), int(want_gates), sums, torch.get_num_threads(),
+    )
+    if status != 0:
+        raise MemoryError(f"SRQ kernel: no memory for {count} runs of grid points")
+    if not want_gates:
+        return grad_x, list(sums[:3]), None
+    grad_gates = [0.0] * len(gates)
+    for j, (_, _, g) in enumerate(runs):
+        if g >= 0:
+            grad_gates[g] += sums[3 + j] - sums[3 + count + j]
+    return grad_x, list(sums[:3]), grad_gates
 
 
 def rq(

@@ -246,11 +246,20 @@ class _SemiRelaxed(torch.autograd.Function):
             grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
             grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
             return grad_x, grad_alpha, grad_sigma, None, None
+        want_gates = gates is not None and ctx.needs_input_grad[3]
+        if gates is not None and native.usable(grad_out, x):
+            grad_x, (sum_gk, sum_alpha, sum_sigma), gate_sums = native.srq_masked_backward(
+                grad_out, x, k_int, float(alpha / sigma), float(sigma), runs, gates.tolist(),
+                want_gates,
+            )
+            grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
+            grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
+            grad_gates = gates.new_tensor(gate_sums) if want_gates else None
+            return grad_x, grad_alpha, grad_sigma, grad_gates, None
         if grad_out.shape != x.shape or not grad_out.is_contiguous():
             grad_out = grad_out.expand_as(x).contiguous()
         flat_x, flat_g, flat_k = x.reshape(-1), grad_out.reshape(-1), k_int.reshape(-1)
         grad_x = torch.empty_like(flat_x)
-        want_gates = gates is not None and ctx.needs_input_grad[3]
         totals = x.new_zeros(3)  # sum G k, the alpha terms, the sigma terms
         grad_gates = None if gates is None else torch.zeros_like(gates)
         for start in range(0, flat_x.numel(), SRQ_CHUNK):
