@@ -164,9 +164,10 @@ def test_unsupported_options_stay_float(option):
     with pytest.raises(LowbitError, match=f"{option}.*stays float"):
         QuantizableAttention.from_float(mha)
     model = nn.Sequential(mha)
-    with pytest.warns(UserWarning, match="stays float"):
-        assert replace_attention(model) == []
+    assert replace_attention(model) == []
     assert model[0] is mha
+    with pytest.warns(UserWarning, match=r"stay float: 1 \(MultiheadAttention\)$"):
+        lowbit.quantize(nn.Sequential(nn.Linear(E, E), mha, nn.Linear(E, E)), "lsq", 4)
 
 
 def test_replace_attention_keeps_shared_modules_shared():

@@ -13,8 +13,8 @@ torch's Transformer fast path: in evaluation without autograd, ``nn.TransformerE
 calls the fused ``torch._transformer_encoder_layer_fwd`` with ``self_attn.in_proj_weight``,
 ``linear1.weight`` ... read directly, and ``nn.TransformerEncoder`` first packs its input into
 a nested tensor for it; that path would skip every quantizer. The layer takes it only if
-``self_attn._qkv_same_embed_dim`` is true (checked by torch 2.2 to 2.13) and, from torch 2.1,
-``self_attn.in_proj_bias is not None`` (checked before ``_qkv_same_embed_dim`` since then):
+``self_attn._qkv_same_embed_dim`` is true (checked by every torch from 2.2 to 2.13) and
+``self_attn.in_proj_bias is not None`` (checked, before it, since ``bias=False`` layers came):
 a ``QuantizableAttention`` has ``_qkv_same_embed_dim = False`` and ``in_proj_bias = None``
 (its projections are separate, as in an ``nn.MultiheadAttention`` with ``kdim != embed_dim``),
 so both checks fail before any tensor is read and the layer runs its Python path, which calls
@@ -27,7 +27,6 @@ from ``use_nested_tensor``, set once in its ``__init__`` from the same checks, s
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -237,9 +236,12 @@ def replace_attention(model: nn.Module) -> list[str]:
 
     One attention module reached by several names stays one module. An attention
     ``from_float`` cannot convert (``add_bias_kv``, ``add_zero_attn``), or a subclass of
-    ``nn.MultiheadAttention``, stays float, with a warning. Every ``nn.TransformerEncoder``
-    whose layers hold a swapped attention gets ``use_nested_tensor = False``, which is what its
-    ``__init__`` would have set (module docstring: torch's fast path).
+    ``nn.MultiheadAttention``, stays float (``lowbit.quantize`` lists it among the layers it
+    leaves float). Every ``nn.TransformerEncoder`` whose layers hold a swapped attention gets
+    ``use_nested_tensor = False``, which is what its ``__init__`` would have set (module
+    docstring: torch's fast path). An ``nn.TransformerEncoderLayer`` whose attention stays
+    float gets ``activation_relu_or_gelu = 0``, which only the fused path reads (torch 2.2 to
+    2.13), so it still calls its ``linear1`` / ``linear2`` as modules once they are quantized.
     """
     if isinstance(model, nn.MultiheadAttention):
         raise LowbitError(
@@ -254,30 +256,25 @@ def replace_attention(model: nn.Module) -> list[str]:
                 continue
             if id(child) not in replacements:
                 name = f"{parent_name}.{child_name}" if parent_name else child_name
-                replacements[id(child)] = _convert(name, child)
+                replacements[id(child)] = _convert(child)
                 if replacements[id(child)] is not None:
                     swapped.append(name)
             if replacements[id(child)] is not None:
                 setattr(parent, child_name, replacements[id(child)])
     for module in model.modules():
-        if isinstance(module, nn.TransformerEncoder) and any(
-            isinstance(getattr(layer, "self_attn", None), QuantizableAttention)
-            for layer in module.layers
-        ):
+        if isinstance(module, nn.TransformerEncoder):
             module.use_nested_tensor = False
+        if isinstance(module, nn.TransformerEncoderLayer) and not isinstance(
+            module.self_attn, QuantizableAttention
+        ):
+            module.activation_relu_or_gelu = 0
     return swapped
 
 
-def _convert(name: str, mha: nn.MultiheadAttention) -> QuantizableAttention | None:
-    if type(mha) is not nn.MultiheadAttention:
-        warnings.warn(
-            f"{name} is a {type(mha).__name__}, a subclass of nn.MultiheadAttention lowbit does "
-            "not know how to replace; it stays float",
-            stacklevel=3,
-        )
+def _convert(mha: nn.MultiheadAttention) -> QuantizableAttention | None:
+    if type(mha) is not nn.MultiheadAttention:  # a subclass may compute something else
         return None
     try:
         return QuantizableAttention.from_float(mha)
-    except LowbitError as error:
-        warnings.warn(f"{name}: {error}", stacklevel=3)
+    except LowbitError:
         return None

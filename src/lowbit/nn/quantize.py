@@ -68,6 +68,7 @@ def float_layers(model: nn.Module) -> list[str]:
             continue
         if any(p is not None for p in module._parameters.values()):
             found.append(f"{name or '(model)'} ({type(module).__name__})")
+            skipped.update(f"{name}.{n}".strip(".") for n, _ in module.named_modules())
     return found
 
 

@@ -252,8 +252,8 @@ void lowbit_srq_round(const float *x, float *out, void *k, int wide, int64_t n, 
 /* SRQ without masks, backward: the multi-class straight-through estimator taken through
  * r = pi_k / sum_j pi_j (Eq. 3, Algorithm 1 line 14; relaxed.py, _SemiRelaxed, has the
  * derivation and the reading of the end cells). With rho = alpha / sigma, c = grad k rho, the
- * cell's edges a = k rho - x / sigma + rho / 2 (the first two terms cancel, so they are taken
- * in double) and b = a - rho, the grid's outer edges U = a + (hi - k) rho and
+ * cell's edges a = (k alpha - x) / sigma + rho / 2 (in double from alpha and sigma: the terms
+ * cancel, and a float rho would shift every k by k rho 6e-8) and b = a - rho, the grid's outer edges U = a + (hi - k) rho and
  * L = b - (k - lo) rho, N = hi - lo + 1 points, W = N rho, D = S(U) - S(L) = sum_j pi_j,
  * P_v = S'(v) / D and Delta = (S(b) - S(L)) - (S(U) - S(a)) (each difference taken in the
  * tail where its sigmoids are small):
@@ -283,10 +283,11 @@ static inline float logistic_difference(float p, float t_p, float i_p, float q, 
 
 VECTORIZED static void srq_backward_range(const float *restrict grad, const float *restrict x,
                                           const void *restrict k, int wide,
-                                          float *restrict grad_x, int64_t n, float ratio,
-                                          float inverse_sigma, float lo, float hi,
+                                          float *restrict grad_x, int64_t n, double alpha,
+                                          double inverse_sigma, float lo, float hi,
                                           float inverse_fill, float cell_fill, float tail,
                                           const float *restrict decay, double *sums) {
+    const float ratio = (float)(alpha * inverse_sigma);
     float grid[BLOCK];
     const float half = ratio / 2, points = hi - lo + 1, cell_decay = decay[1];
     for (int64_t start = 0; start < n; start += BLOCK) {
@@ -299,7 +300,7 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
 #pragma omp simd reduction(+ : gk_sum, alpha_sum, sigma_sum)
         for (int64_t i = 0; i < count; ++i) {
             const float kr = grid[i] * ratio, g = grad[start + i], c = g * kr;
-            const float a = (float)((double)kr - (double)x[start + i] * inverse_sigma) + half;
+            const float a = (float)(((double)grid[i] * alpha - x[start + i]) * inverse_sigma) + half;
             const float b = a - ratio;
             const float above_steps = hi - grid[i], below_steps = grid[i] - lo;
             const int above = (above_steps == 0.f) & (a < 0.f);
@@ -313,11 +314,13 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
             const float t_up = t_a * decay[(int32_t)above_steps];
             const float t_low = t_b * decay[(int32_t)below_steps];
             const float up = a + above_steps * ratio, low = b - below_steps * ratio;
-            const float i_a = 1.f / (1.f + t_a), i_b = 1.f / (1.f + t_b);
-            const float i_up = 1.f / (1.f + t_up), i_low = 1.f / (1.f + t_low);
+            const float a1 = 1.f + t_a, b1 = 1.f + t_b, u1 = 1.f + t_up, l1 = 1.f + t_low;
+            const float inverse = 1.f / (a1 * b1 * u1 * l1); /* one division for four */
+            const float i_a = inverse * b1 * u1 * l1, i_b = inverse * a1 * u1 * l1;
+            const float i_up = inverse * a1 * b1 * l1, i_low = inverse * a1 * b1 * u1;
             const float e_a = above ? 1.f : (below ? cell_decay : t_a); /* e^(E - |a|) */
             const float e_up = above ? 1.f : (below ? tail : t_up);     /* e^(E - |U|) */
-            const float l1 = 1.f + t_low, scale = (1.f + t_up) * l1 * inverse_fill;
+            const float scale = u1 * l1 * inverse_fill;
             const float p_a = scale * e_a * i_a * i_a;
             const float p_up = inverse_fill * e_up * l1 * i_up;
             const float r = scale * cell_fill * i_a * i_b;
@@ -338,8 +341,10 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
 }
 
 void lowbit_srq_backward(const float *grad, const float *x, const void *k, int wide,
-                         float *grad_x, int64_t n, float ratio, float inverse_sigma, float lo,
+                         float *grad_x, int64_t n, double alpha, double sigma, float lo,
                          float hi, double *sums, int threads) {
+    const double inverse_sigma = 1.0 / sigma;
+    const float ratio = (float)(alpha * inverse_sigma);
     /* 1 / (1 - e^-W), 1 - e^-rho, e^-W and e^-j rho for j = 0 .. N - 1. */
     const double width = (double)ratio * ((double)hi - (double)lo + 1.0);
     const float inverse_fill = (float)(-1.0 / expm1(-width));
@@ -355,7 +360,7 @@ void lowbit_srq_backward(const float *grad, const float *x, const void *k, int w
         thread_range(n, &begin, &end);
         const char *k_at = (const char *)k + begin * (wide ? 2 : 1);
         srq_backward_range(grad + begin, x + begin, k_at, wide, grad_x + begin, end - begin,
-                           ratio, inverse_sigma, lo, hi, inverse_fill, cell_fill, tail, decay,
+                           alpha, inverse_sigma, lo, hi, inverse_fill, cell_fill, tail, decay,
                            part);
         s0 += part[0], s1 += part[1], s2 += part[2];
     }

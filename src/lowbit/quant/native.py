@@ -52,6 +52,7 @@ ATTEMPTS = (("-fopenmp",), (), ("-fopenmp", "-DLOWBIT_BASELINE_ONLY"), ("-DLOWBI
 ROUND_CLAMP, SYMMETRIC, CLIP_ROUND = 0, 1, 2
 
 _pointer, _size, _float, _int = ctypes.c_void_p, ctypes.c_int64, ctypes.c_float, ctypes.c_int
+_double = ctypes.c_double
 _doubles = ctypes.POINTER(ctypes.c_double)
 _SIGNATURES = {  # name: (result type, argument types)
     "lowbit_grid_lookup": (
@@ -65,7 +66,7 @@ _SIGNATURES = {  # name: (result type, argument types)
         None, [_pointer, _pointer, _pointer, _int, _size, _float, _float, _float, _int]
     ),
     "lowbit_srq_backward": (None, [
-        _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float, _float,
+        _pointer, _pointer, _pointer, _int, _pointer, _size, _double, _double, _float, _float,
         _doubles, _int,
     ]),
     "lowbit_srq_masked_backward": (_int, [
@@ -251,8 +252,8 @@ def srq_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     k: torch.Tensor,
-    ratio: float,
-    inverse_sigma: float,
+    alpha: float,
+    sigma: float,
     lo: int,
     hi: int,
 ) -> tuple[torch.Tensor, list[float]]:
@@ -263,8 +264,7 @@ def srq_backward(
     sums = (ctypes.c_double * 3)()
     library().lowbit_srq_backward(
         grad.data_ptr(), x.data_ptr(), k.data_ptr(), int(k.dtype == torch.int16),
-        grad_x.data_ptr(), x.numel(), ratio, inverse_sigma, lo, hi, sums,
-        torch.get_num_threads(),
+        grad_x.data_ptr(), x.numel(), alpha, sigma, lo, hi, sums, torch.get_num_threads(),
     )
     return grad_x, list(sums)
 

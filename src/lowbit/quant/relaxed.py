@@ -240,8 +240,7 @@ class _SemiRelaxed(torch.autograd.Function):
         runs = ctx.runs
         if gates is None and native.usable(grad_out, x):  # the eager formulas in one pass
             grad_x, (sum_gk, sum_alpha, sum_sigma) = native.srq_backward(
-                grad_out, x, k_int, float(alpha / sigma), float(1 / sigma), runs[0][0],
-                runs[-1][1],
+                grad_out, x, k_int, float(alpha), float(sigma), runs[0][0], runs[-1][1]
             )
             grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
             grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
