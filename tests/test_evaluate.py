@@ -62,7 +62,7 @@ def test_a_float_stage_checkpoint_is_evaluated_as_the_float_model(tmp_path):
     [
         ({"method": "lsq"}, "missing 0.weight_quantizer.step"),  # another method
         ({"model.options.width": 16}, "shapes 0.weight (8, 1, 3, 3) vs (16, 1, 3, 3)"),
-        ({"first_last_bits": "null"}, "unexpected 0.weight_quantizer.alpha"),
+        ({"bits": "null"}, "unexpected 3.weight_quantizer.alpha"),
     ],
 )
 def test_checkpoint_that_does_not_fit_its_config_names_the_mismatch(tmp_path, settings, message):

@@ -115,7 +115,7 @@ def test_macs_by_hooks_count_every_call_and_groups():
 def test_size_counts_codes_and_float_tensors_not_counters():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.Flatten(),
                           nn.Linear(8, 2))
-    lowbit.quantize(model, "apot", 4, first_last_bits=4)
+    lowbit.quantize(model, "apot", 4, overrides={"0": 4, "3": 4})  # APoT first and last
     cost = model_cost(model, torch.zeros(1, 3, 3, 3))
     weights = (8 * 27 + 16) * 4 / 8
     # BN weight, bias, running mean, var; fc bias; alpha of 2 weight + 1 input quantizers

@@ -24,15 +24,19 @@ def test_eq14_split_by_hand():
     assert projection == pytest.approx((0.1**2 + 0.2**2) / 4)
 
 
-def test_eq14_parts_sum_to_the_mse_of_an_rcf_quantizer():
+@pytest.mark.parametrize("rescale", [False, True])
+def test_eq14_parts_sum_to_the_mse_of_an_rcf_quantizer(rescale):
+    """Eq. 14 on W tilde (Eq. 9); with the output rescaled by std + eps, in those units."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 256), nn.Linear(256, 64, bias=False))
-    lowbit.quantize(model, "apot", 3, first_last_bits=3, weight_options={"alpha": 1.2})
+    lowbit.quantize(model, "apot", 3, overrides={"0": 3, "1": 3},
+                    weight_options={"alpha": 1.2, "rescale": rescale})
     layer = model[1]
     error = weight_errors(model)[1]
     w_tilde = normalize_weight(layer.weight.detach())
-    total = (w_tilde - layer.weight_quantizer(layer.weight).detach()).square().mean()
-    assert error.mse == pytest.approx(float(total), rel=1e-6)
+    divisor = layer.weight.detach().std(correction=0) + 1e-5 if rescale else 1.0
+    total = (w_tilde * divisor - layer.weight_quantizer(layer.weight).detach()).square().mean()
+    assert error.mse == pytest.approx(float(total), rel=1e-5)
     assert error.clipped_fraction == pytest.approx(float((w_tilde.abs() > 1.2).float().mean()))
     assert error.clip_mse > 0 and error.projection_mse > 0
 

@@ -113,7 +113,7 @@ def clipping_curves(
     curves = []
     for name, layer in chosen_layers(model, count):
         weight = layer.weight.detach().float()
-        normalized = quantizer_input(layer.weight_quantizer, weight)
+        normalized = quantizer_input(layer.weight_quantizer, weight, output_units=False)
         series = {"weights W": weight}
         if normalized is not weight:
             series["normalized weights (Eq. 9)"] = normalized

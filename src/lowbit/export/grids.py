@@ -140,11 +140,14 @@ def quantizer_grid(quantizer: nn.Module, weight: torch.Tensor | None = None) -> 
     return describe(quantizer, weight)
 
 
-def quantizer_input(quantizer: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What ``quantizer`` clips and projects, in the units of its output: ``x``, or for an RCF
-    weight quantizer with weight normalization the normalized weights of APoT Eq. 9 (W tilde
-    of Eq. 14), times ``std + eps`` when the quantizer rescales its output (``W - mean``)."""
+def quantizer_input(
+    quantizer: nn.Module, x: torch.Tensor, output_units: bool = True
+) -> torch.Tensor:
+    """What ``quantizer`` clips and projects: ``x``, or for an RCF weight quantizer with
+    weight normalization the normalized weights of APoT Eq. 9 (W tilde of Eq. 14). In the
+    units of the quantizer's output (``output_units``) those are multiplied by ``std + eps``
+    when the quantizer rescales its output (``W - mean``)."""
     if isinstance(quantizer, RCFQuantizer) and quantizer.normalize:
         mean, divisor = weight_statistics(x, **WEIGHT_NORMALIZATIONS[quantizer.normalization])
-        return x - mean if quantizer.rescale else (x - mean) / divisor
+        return x - mean if quantizer.rescale and output_units else (x - mean) / divisor
     return x

@@ -253,23 +253,24 @@ void lowbit_srq_round(const float *x, float *out, void *k, int wide, int64_t n, 
  * r = pi_k / sum_j pi_j (Eq. 3, Algorithm 1 line 14; relaxed.py, _SemiRelaxed, has the
  * derivation and the reading of the end cells). With rho = alpha / sigma, c = grad k rho, the
  * cell's edges a = (k alpha - x) / sigma + rho / 2 (in double from alpha and sigma: the terms
- * cancel, and a float rho would shift every k by k rho 6e-8) and b = a - rho, the grid's outer edges U = a + (hi - k) rho and
- * L = b - (k - lo) rho, N = hi - lo + 1 points, W = N rho, D = S(U) - S(L) = sum_j pi_j,
- * P_v = S'(v) / D and Delta = (S(b) - S(L)) - (S(U) - S(a)) (each difference taken in the
- * tail where its sigmoids are small):
+ * cancel) and b = a - rho, the grid's outer edges U = a + (hi - k) rho and
+ * L = b - (k - lo) rho, D = S(U) - S(L) = sum_j pi_j, P_v = S'(v) / D and
+ * Delta = (S(b) - S(L)) - (S(U) - S(a)) (each difference taken in the tail where its
+ * sigmoids are small, so that it vanishes exactly far outside the grid):
  *   grad_x = c r Delta,
  *   sums += (grad k,
- *            c (P_a - N r P_U + r (1 - S(a) - S(b)) (k - lo) - r Delta (lo - 1/2)),
- *            c (rho r (S(a) + S(b) - 1) (k - lo) + r Delta L - rho P_a + N rho r P_U))
+ *            c (-k r Delta + (P_a + P_b - r (P_U + P_L)) / 2 - r B),
+ *            c (a r Delta - rho (P_b - r P_L) + rho r B)),   B = (hi - k) P_U + (k - lo) P_L,
  * for the alpha gradient (first two) and the sigma gradient.
  * The chosen point is the nearest, so a < 0 only at k = hi (x above the grid) and b > 0 only
  * at k = lo (below it); everywhere else b <= 0 <= a. One exponential serves all four edges:
  * with t_v = e^-|v|, t_b = e^-rho t_a above, t_a = e^-rho t_b below, t_a t_b = e^-rho inside,
- * t_U = t_a e^-(hi - k) rho and t_L = t_b e^-(k - lo) rho (`decay`, e^-j rho by j). P_v and r are taken relative to D without forming it: with
- * E = max(-U, 0) + max(L, 0) (how far x is outside the grid, in sigmas), S(v) S(-v) /
- * (S(U) S(-L)) = e^(E - |v|) (1 + t_U) (1 + t_L) / (1 + t_v)^2 with e^(E - |v|) <= 1, and
- * r = (1 - e^-rho) (1 + t_U) (1 + t_L) / ((1 - e^-W) (1 + t_a) (1 + t_b)), so nothing under-
- * or overflows however far x is from the grid. */
+ * t_U = t_a e^-(hi - k) rho and t_L = t_b e^-(k - lo) rho (`decay`, e^-j rho by j). P_v and r
+ * are taken relative to D without forming it: with E = max(-U, 0) + max(L, 0) (how far x is
+ * outside the grid, in sigmas), S(v) S(-v) / (S(U) S(-L)) = e^(E - |v|) (1 + t_U) (1 + t_L) /
+ * (1 + t_v)^2 with e^(E - |v|) <= 1 (t_v inside; above: 1 at a and U, e^-rho at b, e^-W at L;
+ * below the mirror image), and r = (1 - e^-rho) (1 + t_U) (1 + t_L) / ((1 - e^-W) (1 + t_a)
+ * (1 + t_b)), so nothing under- or overflows however far x is from the grid. */
 static inline float logistic(float v, float t, float inverse) { /* S(v), t = e^-|v|, 1/(1+t) */
     return v >= 0.f ? inverse : t * inverse;
 }
@@ -288,29 +289,36 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
                                           float inverse_fill, float cell_fill, float tail,
                                           const float *restrict decay, double *sums) {
     const float ratio = (float)(alpha * inverse_sigma);
-    float grid[BLOCK];
-    const float half = ratio / 2, points = hi - lo + 1, cell_decay = decay[1];
+    float grid[BLOCK], edge[BLOCK], tail_a[BLOCK], tail_b[BLOCK];
+    const float half = ratio / 2, cell_decay = decay[1];
     for (int64_t start = 0; start < n; start += BLOCK) {
         int64_t count = n - start < BLOCK ? n - start : BLOCK;
         if (wide)
             for (int64_t i = 0; i < count; ++i) grid[i] = ((const int16_t *)k)[start + i];
         else
             for (int64_t i = 0; i < count; ++i) grid[i] = ((const int8_t *)k)[start + i];
-        float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
-#pragma omp simd reduction(+ : gk_sum, alpha_sum, sigma_sum)
+        /* The edges and the exponential first, in a short loop that pipelines. */
         for (int64_t i = 0; i < count; ++i) {
-            const float kr = grid[i] * ratio, g = grad[start + i], c = g * kr;
             const float a = (float)(((double)grid[i] * alpha - x[start + i]) * inverse_sigma) + half;
             const float b = a - ratio;
-            const float above_steps = hi - grid[i], below_steps = grid[i] - lo;
-            const int above = (above_steps == 0.f) & (a < 0.f);
-            const int below = (below_steps == 0.f) & (b > 0.f);
+            const int above = (grid[i] == hi) & (a < 0.f), below = (grid[i] == lo) & (b > 0.f);
             /* Inside, the exponential of the edge nearer x (|v| <= rho / 2) gives the other's
              * without underflow. */
             const int use_b = below | (!above & (fabsf(b) < fabsf(a)));
             const float t = exp_poly(-fabsf(use_b ? b : a));
             const float other = (above | below) ? cell_decay * t : cell_decay / t;
-            const float t_a = use_b ? other : t, t_b = use_b ? t : other;
+            edge[i] = a;
+            tail_a[i] = use_b ? other : t;
+            tail_b[i] = use_b ? t : other;
+        }
+        float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
+#pragma omp simd reduction(+ : gk_sum, alpha_sum, sigma_sum)
+        for (int64_t i = 0; i < count; ++i) {
+            const float kr = grid[i] * ratio, g = grad[start + i], c = g * kr;
+            const float a = edge[i], b = a - ratio, t_a = tail_a[i], t_b = tail_b[i];
+            const float above_steps = hi - grid[i], below_steps = grid[i] - lo;
+            const int above = (above_steps == 0.f) & (a < 0.f);
+            const int below = (below_steps == 0.f) & (b > 0.f);
             const float t_up = t_a * decay[(int32_t)above_steps];
             const float t_low = t_b * decay[(int32_t)below_steps];
             const float up = a + above_steps * ratio, low = b - below_steps * ratio;
@@ -318,23 +326,26 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
             const float inverse = 1.f / (a1 * b1 * u1 * l1); /* one division for four */
             const float i_a = inverse * b1 * u1 * l1, i_b = inverse * a1 * u1 * l1;
             const float i_up = inverse * a1 * b1 * l1, i_low = inverse * a1 * b1 * u1;
-            const float e_a = above ? 1.f : (below ? cell_decay : t_a); /* e^(E - |a|) */
-            const float e_up = above ? 1.f : (below ? tail : t_up);     /* e^(E - |U|) */
+            /* e^(E - |v|) */
+            const float e_a = above ? 1.f : (below ? cell_decay : t_a);
+            const float e_b = below ? 1.f : (above ? cell_decay : t_b);
+            const float e_up = above ? 1.f : (below ? tail : t_up);
+            const float e_low = below ? 1.f : (above ? tail : t_low);
             const float scale = u1 * l1 * inverse_fill;
-            const float p_a = scale * e_a * i_a * i_a;
+            const float p_a = scale * e_a * i_a * i_a, p_b = scale * e_b * i_b * i_b;
             const float p_up = inverse_fill * e_up * l1 * i_up;
+            const float p_low = inverse_fill * e_low * u1 * i_low;
             const float r = scale * cell_fill * i_a * i_b;
-            const float delta = logistic_difference(b, t_b, i_b, low, t_low, i_low)
-                                - logistic_difference(up, t_up, i_up, a, t_a, i_a);
-            /* S(a) + S(b) - 1 as S(b) - S(-a): never two sigmoids near 1 */
-            const float tails = logistic(b, t_b, i_b) - logistic(-a, t_a, i_a);
+            /* Inside, b, L <= 0 <= a, U: both differences from the small tails. Above,
+             * U = a; below, L = b. */
+            const float delta = (below ? 0.f : t_b * i_b - t_low * i_low)
+                                - (above ? 0.f : t_a * i_a - t_up * i_up);
             const float rd = r * delta;
+            const float rb = r * (above_steps * p_up + below_steps * p_low);
             grad_x[start + i] = c * rd;
             gk_sum += g * grid[i];
-            alpha_sum += c * (p_a - points * r * p_up - r * tails * below_steps
-                              - rd * (lo - 0.5f));
-            sigma_sum += c * (ratio * (r * tails * below_steps - p_a + points * r * p_up)
-                              + rd * low);
+            alpha_sum += c * ((p_a + p_b - r * (p_up + p_low)) * 0.5f - grid[i] * rd - rb);
+            sigma_sum += c * (a * rd - ratio * (p_b - r * p_low - rb));
         }
         sums[0] += gk_sum, sums[1] += alpha_sum, sums[2] += sigma_sum;
     }
@@ -400,17 +411,18 @@ static inline float log_poly(float v) {
  * far 0 lies from [l, u]), S(u) S(-l) = e^-dist(l, u) / ((1 + t_u) (1 + t_l)), so
  *   mass_j / (Z_k pi_k) = e^(dist(b, a) - dist(L_j, U_j) - log Z_k)
  *                         (1 + t_a) (1 + t_b) (1 - e^-W_j) / ((1 + t_U) (1 + t_L) (1 - e^-rho))
- * (one exponential per run, at most the run's length / Z_j), w_j = Z_j times that, and a slope
- * S(-u) / (S(-l) (1 - e^-w)) = e^(min(-u, 0) - min(-l, 0)) (1 + t_l) / ((1 + t_u)
- * (1 - e^-w)), the exponential being e^-w, 1 or t_u. grad_x = c r^2 sum_j w_j Delta_j and the
- * alpha and sigma terms are relaxed.py's. With `want_gates`, sums also get, per run, the sum
- * of c sigma r / Z_k over elements whose point lies in it (3 + j) and of c sigma r^2
+ * (one exponential per run, at most n_j / Z_j) and w_j is Z_j times that. The slopes
+ * p = S(-u) / (S(-l) (1 - e^-w)) and q = S(l) / (S(u) (1 - e^-w)) of an interval of width w
+ * are e^(min(-u, 0) - min(-l, 0)) (1 + t_l) / ((1 + t_u) (1 - e^-w)) and its mirror image,
+ * the exponential being e^-w, 1 or t_u (t_l). With `want_gates`, sums also get, per run, the
+ * sum of c sigma r / Z_k over elements whose point lies in it (3 + j) and of c sigma r^2
  * mass_j / (Z_k pi_k) (3 + runs + j), the latter from `work` (runs x SRQ_BLOCK floats). */
 #define SRQ_BLOCK 256
 #define SRQ_LOG_RATIO_CAP 60.0f
 
 typedef struct {
-    float ratio, inverse_sigma, sigma, lo, cell_fill, cell_decay;
+    double alpha, inverse_sigma;
+    float ratio, sigma, lo, cell_fill, cell_decay;
     int32_t runs, want_gates;
     const float *first, *last, *gate, *fill, *tail;
     const float *point_log_gate, *point_inverse_gate;
@@ -432,8 +444,8 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
     float grid[SRQ_BLOCK], a[SRQ_BLOCK], b[SRQ_BLOCK], t_a[SRQ_BLOCK], t_b[SRQ_BLOCK];
     float i_a[SRQ_BLOCK], i_b[SRQ_BLOCK], reference[SRQ_BLOCK], cell[SRQ_BLOCK];
     float edge[SRQ_BLOCK], t_edge[SRQ_BLOCK], i_edge[SRQ_BLOCK];
-    float total[SRQ_BLOCK], first_sum[SRQ_BLOCK], spread[SRQ_BLOCK], delta[SRQ_BLOCK];
-    float delta_first[SRQ_BLOCK], delta_low[SRQ_BLOCK], crs[SRQ_BLOCK], log_gate[SRQ_BLOCK];
+    float total[SRQ_BLOCK], delta[SRQ_BLOCK], up_sum[SRQ_BLOCK], low_sum[SRQ_BLOCK];
+    float spread[SRQ_BLOCK], crs[SRQ_BLOCK], log_gate[SRQ_BLOCK];
     double gk_total = 0, alpha_total = 0, sigma_total = 0;
     for (int64_t start = 0; start < n; start += SRQ_BLOCK) {
         int64_t count = n - start < SRQ_BLOCK ? n - start : SRQ_BLOCK;
@@ -444,9 +456,10 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
         for (int64_t i = 0; i < count; ++i)
             log_gate[i] = m->point_log_gate[(int32_t)(grid[i] - m->lo)];
         for (int64_t i = 0; i < count; ++i) {
-            const double s = (double)x[start + i] * m->inverse_sigma;
-            const float ai = (float)((double)(grid[i] * ratio) - s) + half, bi = ai - ratio;
-            const float low = (float)((double)(m->lo * ratio) - s) + half - ratio;
+            const double xi = x[start + i];
+            const float ai = (float)(((double)grid[i] * m->alpha - xi) * m->inverse_sigma) + half;
+            const float bi = ai - ratio;
+            const float low = (float)(((double)m->lo * m->alpha - xi) * m->inverse_sigma) - half;
             const float ta = exp_poly(-fabsf(ai)), tb = exp_poly(-fabsf(bi));
             const float t_low = exp_poly(-fabsf(low));
             a[i] = ai, b[i] = bi, t_a[i] = ta, t_b[i] = tb;
@@ -454,12 +467,11 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
             reference[i] = distance_to_zero(bi, ai) - log_gate[i];
             cell[i] = (1.f + ta) * (1.f + tb) / m->cell_fill;
             edge[i] = low, t_edge[i] = t_low, i_edge[i] = 1.f / (1.f + t_low);
-            total[i] = first_sum[i] = spread[i] = delta[i] = delta_first[i] = delta_low[i] = 0.f;
+            total[i] = delta[i] = up_sum[i] = low_sum[i] = spread[i] = 0.f;
         }
         for (int32_t j = 0; j < runs; ++j) {
-            const float first = m->first[j], points = m->last[j] - first + 1;
-            const float top = (m->last[j] + 0.5f) * ratio - half, gate = m->gate[j];
-            const float fill = m->fill[j], tail = m->tail[j];
+            const float first = m->first[j], last = m->last[j], top = last * ratio;
+            const float gate = m->gate[j], fill = m->fill[j], tail = m->tail[j];
             float *relative = work + (int64_t)j * SRQ_BLOCK;
             for (int64_t i = 0; i < count; ++i) {
                 const float low = edge[i], t_low = t_edge[i], i_low = i_edge[i];
@@ -468,16 +480,16 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
                 const float v = reference[i] - distance_to_zero(low, up);
                 const float rel = exp_poly(v < cap ? v : cap) * cell[i] * i_up * i_low * fill;
                 const float w = gate * rel;
-                const float e = low >= 0.f ? tail : (up <= 0.f ? 1.f : t_up);
-                const float slope = e * (1.f + t_low) * i_up / fill;
-                const float wd = w * (logistic_difference(b[i], t_b[i], i_b[i], low, t_low, i_low)
-                                      - logistic_difference(up, t_up, i_up, a[i], t_a[i], i_a[i]));
+                const float e_up = low >= 0.f ? tail : (up <= 0.f ? 1.f : t_up);
+                const float e_low = up <= 0.f ? tail : (low >= 0.f ? 1.f : t_low);
+                const float p = e_up * (1.f + t_low) * i_up / fill;
+                const float q = e_low * (1.f + t_up) * i_low / fill;
                 total[i] += w;
-                first_sum[i] += w * first;
-                spread[i] += w * slope * points;
-                delta[i] += wd;
-                delta_first[i] += wd * (first - 0.5f);
-                delta_low[i] += wd * low;
+                delta[i] += w * (logistic_difference(b[i], t_b[i], i_b[i], low, t_low, i_low)
+                                 - logistic_difference(up, t_up, i_up, a[i], t_a[i], i_a[i]));
+                up_sum[i] += w * p;
+                low_sum[i] += w * q;
+                spread[i] += w * (p * (last - grid[i]) + q * (grid[i] - first));
                 relative[i] = rel;
                 edge[i] = up, t_edge[i] = t_up, i_edge[i] = i_up;
             }
@@ -485,16 +497,17 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
         float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
         for (int64_t i = 0; i < count; ++i) {
             const float r = 1.f / total[i], g = grad[start + i], kr = grid[i] * ratio;
-            const float c = g * kr, cr = c * r;
-            const float gap = grid[i] - first_sum[i] * r;
-            const float tails = logistic(b[i], t_b[i], i_b[i]) - logistic(-a[i], t_a[i], i_a[i]);
-            const float e = b[i] >= 0.f ? m->cell_decay : (a[i] <= 0.f ? 1.f : t_a[i]);
-            const float slope = e * (1.f + t_b[i]) * i_a[i] / m->cell_fill; /* the cell's */
-            grad_x[start + i] = cr * delta[i] * r;
+            const float c = g * kr, cr = c * r, d = delta[i] * r;
+            /* the cell's slopes */
+            const float e_a = b[i] >= 0.f ? m->cell_decay : (a[i] <= 0.f ? 1.f : t_a[i]);
+            const float e_b = a[i] <= 0.f ? m->cell_decay : (b[i] >= 0.f ? 1.f : t_b[i]);
+            const float p = e_a * (1.f + t_b[i]) * i_a[i] / m->cell_fill;
+            const float q = e_b * (1.f + t_a[i]) * i_b[i] / m->cell_fill;
+            const float tilt = spread[i] * r;
+            grad_x[start + i] = cr * d;
             gk_sum += g * grid[i];
-            alpha_sum += cr * (slope - spread[i] * r - tails * gap - delta_first[i] * r);
-            sigma_sum += cr * ((tails * gap - slope) * ratio
-                               + (delta_low[i] + spread[i] * ratio) * r);
+            alpha_sum += cr * ((p + q - (up_sum[i] + low_sum[i]) * r) * 0.5f - grid[i] * d - tilt);
+            sigma_sum += cr * (a[i] * d - ratio * (q - low_sum[i] * r - tilt));
             crs[i] = cr * sigma;
         }
         gk_total += gk_sum, alpha_total += alpha_sum, sigma_total += sigma_sum;
@@ -517,11 +530,12 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
 
 /* sums: 3 + 2 runs doubles (see srq_masked_range); -1 if no work memory. */
 int lowbit_srq_masked_backward(const float *grad, const float *x, const void *k, int wide,
-                               float *grad_x, int64_t n, float ratio, float sigma, float lo,
+                               float *grad_x, int64_t n, double alpha, double sigma, float lo,
                                int32_t runs, const float *first, const float *last,
                                const float *gate, const int32_t *group,
                                const float *point_log_gate, const int32_t *point_run,
                                int want_gates, double *sums, int threads) {
+    const float ratio = (float)(alpha / sigma);
     const int32_t points = (int32_t)(last[runs - 1] - lo) + 1;
     float *tables = malloc(sizeof(float) * (2 * (size_t)runs + (size_t)points));
     if (tables == 0) return -1;
@@ -535,7 +549,7 @@ int lowbit_srq_masked_backward(const float *grad, const float *x, const void *k,
         float z = gate[point_run[p]];
         point_inverse_gate[p] = z > 0.f ? 1.f / z : 0.f;
     }
-    SRQMasks masks = {ratio, 1.0f / sigma, sigma, lo, (float)-expm1(-(double)ratio),
+    SRQMasks masks = {alpha, 1.0 / sigma, ratio, (float)sigma, lo, (float)-expm1(-(double)ratio),
                       (float)exp(-(double)ratio), runs, want_gates, first, last, gate, fill,
                       tail, point_log_gate, point_inverse_gate, point_run, group};
     const int32_t slots = 3 + 2 * runs;

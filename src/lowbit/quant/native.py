@@ -70,7 +70,7 @@ _SIGNATURES = {  # name: (result type, argument types)
         _doubles, _int,
     ]),
     "lowbit_srq_masked_backward": (_int, [
-        _pointer, _pointer, _pointer, _int, _pointer, _size, _float, _float, _float,
+        _pointer, _pointer, _pointer, _int, _pointer, _size, _double, _double, _float,
         ctypes.c_int32, _pointer, _pointer, _pointer, _pointer, _pointer, _pointer, _int,
         _doubles, _int,
     ]),
@@ -273,7 +273,7 @@ def srq_masked_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
     k: torch.Tensor,
-    ratio: float,
+    alpha: float,
     sigma: float,
     runs: list[tuple[int, int, int]],
     gates: list[float],
@@ -297,7 +297,7 @@ def srq_masked_backward(
     sums = (ctypes.c_double * (3 + 2 * count))()
     status = library().lowbit_srq_masked_backward(
         grad.data_ptr(), x.data_ptr(), k.data_ptr(), int(k.dtype == torch.int16),
-        grad_x.data_ptr(), x.numel(), ratio, sigma, lo, count, first.data_ptr(),
+        grad_x.data_ptr(), x.numel(), alpha, sigma, lo, count, first.data_ptr(),
         last.data_ptr(), run_gate.data_ptr(), group.data_ptr(), point_log_gate.data_ptr(),
         point_run.data_ptr(), int(want_gates), sums, torch.get_num_threads(),
     )

@@ -198,23 +198,24 @@ class _SemiRelaxed(torch.autograd.Function):
     within each run of points sharing a gate: ``D = sum_j Z_j mass_j`` over runs ``j``,
     ``mass_j = S(U_j) - S(L_j)`` with ``U_j = (alpha (last_j + 1/2) - x) / sigma`` and
     ``L_j = (alpha (first_j - 1/2) - x) / sigma``: O(runs) sigmoids per element (one interval
-    without masks), nothing of size ``numel x 2^b``. With ``w_j = Z_j mass_j / D`` (summing to
-    1), the chosen cell's edges ``a = (alpha (k + 1/2) - x) / sigma``, ``b = a - alpha/sigma``,
-    ``Delta_j = (S(b) - S(L_j)) - (S(U_j) - S(a))``, ``p = S'(upper) / mass`` (``cell_mass``;
-    ``p_c`` the cell's) and ``rho = alpha / sigma``, ``sigma d log r_m`` is
+    without masks), nothing of size ``numel x 2^b``. For an interval with edges ``u``, ``l``
+    let ``p = S'(u) / mass`` and ``q = S'(l) / mass`` (``cell_mass``), so that
+    ``sigma d log mass`` is ``q - p`` in x, ``p u_k - q l_k`` in alpha (``u_k``, ``l_k`` the
+    edges in grid units) and ``q l - p u`` in sigma, with ``q - p = S(u) + S(l) - 1``. With
+    ``w_j = Z_j mass_j / D`` (summing to 1), the chosen cell's edges ``a``, ``b`` and its
+    ``p_c``, ``q_c``, ``Delta = sum_j w_j ((S(b) - S(L_j)) - (S(U_j) - S(a)))`` and
+    ``B = sum_j w_j (p_j (last_j - k) + q_j (k - first_j))``, writing ``U_j = a + (last_j - k)
+    rho`` and ``L_j = b - (k - first_j) rho`` (``rho = alpha / sigma``), ``sigma d log r_m`` is
 
-    * x: ``sum_j w_j Delta_j``,
-    * alpha: ``p_c - sum_j w_j p_j n_j + (1 - S(a) - S(b)) (k - sum_j w_j first_j)
-      - sum_j w_j Delta_j (first_j - 1/2)`` (``n_j`` points in run ``j``),
-    * sigma: ``rho (S(a) + S(b) - 1) (k - sum_j w_j first_j) + sum_j w_j Delta_j L_j - p_c rho
-      + sum_j w_j p_j n_j rho``,
+    * x: ``Delta``,
+    * alpha: ``-k Delta + (p_c + q_c - sum_j w_j (p_j + q_j)) / 2 - B``,
+    * sigma: ``a Delta - rho (q_c - sum_j w_j q_j) + rho B``.
 
-    from ``sigma d log mass / dx = S(upper) + S(lower) - 1`` (``cell_mass``) and
-    ``d log mass / d alpha = p n + (1 - S(upper) - S(lower)) (first - 1/2)`` per interval.
-    Each ``Delta_j`` is taken in the tail where its sigmoids are small, so the gradients of x
-    far outside the grid (where they vanish for x and tend to constants for alpha, sigma)
-    carry no float noise. Weights are computed relative to the chosen point's score
-    ``Z_m pi_m``, the largest cell score, so each run's is at most its length and
+    No two large terms cancel there: each difference of sigmoids in ``Delta`` is taken in the
+    tail where both are small, so far outside the grid (where the x gradient vanishes and
+    those of alpha and sigma tend to constants) ``Delta`` is tiny and exact, and inside it the
+    terms of the grid's edges are tiny. Weights are computed relative to the chosen point's
+    score ``Z_m pi_m``, the largest cell score, so each run's is at most its length and
     ``1 / r_m = sum_j Z_j mass_j / (Z_m pi_m)``. The gates: ``dr_m / dZ_g = r_m ([g = g_m] /
     Z_m - r_m mass_g / (Z_m pi_m))``.
     """
@@ -248,8 +249,7 @@ class _SemiRelaxed(torch.autograd.Function):
         want_gates = gates is not None and ctx.needs_input_grad[3]
         if gates is not None and native.usable(grad_out, x):
             grad_x, (sum_gk, sum_alpha, sum_sigma), gate_sums = native.srq_masked_backward(
-                grad_out, x, k_int, float(alpha / sigma), float(sigma), runs, gates.tolist(),
-                want_gates,
+                grad_out, x, k_int, float(alpha), float(sigma), runs, gates.tolist(), want_gates
             )
             grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
             grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
@@ -276,12 +276,13 @@ class _SemiRelaxed(torch.autograd.Function):
 
 def cell_mass(
     upper: torch.Tensor, lower: torch.Tensor, width: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``log(S(upper) - S(lower))`` for ``upper - lower = width`` (Eq. 1 over one cell, or
-    summed over a run of cells) and the slope ``S'(upper) / (S(upper) - S(lower))``, stable far
-    from x: ``S(u) - S(l) = S(u) S(-l) (1 - e^(-width))``, so the slope is ``S(-u) / (S(-l)
-    (1 - e^(-width)))``, at most ``1 / (1 - e^(-width))``. (The lower edge's,
-    ``S'(l) / (S(u) - S(l))``, is the slope plus ``S(u) + S(l) - 1``: ``S' = S - S^2``.)
+    summed over a run of cells) and the slopes ``S'(upper) / (S(upper) - S(lower))`` and
+    ``S'(lower) / (S(upper) - S(lower))``, stable far from x:
+    ``S(u) - S(l) = S(u) S(-l) (1 - e^(-width))``, so the slopes are ``S(-u) / (S(-l)
+    (1 - e^(-width)))`` and ``S(l) / (S(u) (1 - e^(-width)))``, at most
+    ``1 / (1 - e^(-width))``.
 
     Algorithm 1 lines 6-8 shift the grid by ``-alpha/2``, ``F = S((I - x) / sigma)`` and
     ``pi_i = F[i+1] - F[i]`` for ``i = 0 .. 2^b - 1``: ``F[2^b]`` is the shifted grid's next
@@ -292,8 +293,9 @@ def cell_mass(
     """
     log_fill = torch.log(-torch.expm1(-width))
     log_upper, log_not_lower = F.logsigmoid(upper), F.logsigmoid(-lower)
-    slope = F.logsigmoid(-upper).sub_(log_not_lower).sub_(log_fill).exp_()
-    return log_upper.add_(log_not_lower).add_(log_fill), slope
+    slope_upper = F.logsigmoid(-upper).sub_(log_not_lower).sub_(log_fill).exp_()
+    slope_lower = F.logsigmoid(lower).sub_(log_upper).sub_(log_fill).exp_()
+    return log_upper.add_(log_not_lower).add_(log_fill), slope_upper, slope_lower
 
 
 def sigmoid_difference(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
@@ -328,44 +330,38 @@ def _srq_chunk_gradients(
 
     upper = upper_edge(k)
     lower = upper - ratio
-    log_pi, slope = cell_mass(upper, lower, ratio)
+    log_pi, cell_up, cell_low = cell_mass(upper, lower, ratio)
     if gates is not None:
         point_gate, index = _point_gates(gates, runs, k_int)
         log_selected = log_pi + point_gate.log().index_select(0, index)
     else:
         log_selected = log_pi
     del log_pi
-    # Sums over runs of w_j (D / (Z_m pi_m)), w_j first_j, w_j p_j n_j, w_j Delta_j,
-    # w_j Delta_j (first_j - 1/2) and w_j Delta_j L_j.
-    total, first_sum, spread, delta, delta_first, delta_low = (
-        torch.zeros_like(x) for _ in range(6)
-    )
+    # Sums over runs of w_j (unnormalized: D / (Z_m pi_m)), w_j Delta_j, w_j p_j, w_j q_j and
+    # w_j (p_j (last_j - k) + q_j (k - first_j)).
+    total, delta, up_sum, low_sum, spread = (torch.zeros_like(x) for _ in range(5))
     for first, last, group in runs:
         run_upper, run_lower = upper_edge(float(last)), upper_edge(float(first)).sub_(ratio)
-        count = last - first + 1
-        log_mass, run_slope = cell_mass(run_upper, run_lower, ratio * count)
+        log_mass, up, low = cell_mass(run_upper, run_lower, ratio * (last - first + 1))
         weight = log_mass.sub_(log_selected)
         if group != NO_MASK:
             weight += gates[group].log()
         weight = weight.exp_()  # Z_j mass_j / (Z_m pi_m)
         run_delta = sigmoid_difference(lower, run_lower).sub_(sigmoid_difference(run_upper, upper))
-        run_delta.mul_(weight)
         total += weight
-        first_sum.add_(weight, alpha=first)
-        spread.addcmul_(weight, run_slope, value=count)
-        delta += run_delta
-        delta_first.add_(run_delta, alpha=first - 0.5)
-        delta_low.addcmul_(run_delta, run_lower)
-        del log_mass, run_slope, run_upper, run_lower, weight, run_delta
+        delta.addcmul_(weight, run_delta)
+        up_sum.addcmul_(weight, up)
+        low_sum.addcmul_(weight, low)
+        spread.addcmul_(weight, (up * (last - k)).add_(low * (k - first)))
+        del log_mass, up, low, run_upper, run_lower, weight, run_delta
     r = total.reciprocal_()
-    mean_first_gap = first_sum.mul_(r).neg_().add_(k)  # k - sum_j w_j first_j
-    # S(a) + S(b) - 1 as S(b) - S(-a): never two sigmoids near 1 (b < a).
-    tails = torch.sigmoid(lower).sub_(torch.sigmoid(-upper))
+    delta.mul_(r)
     c = grad * k * ratio  # G alpha k / sigma
     cr = c * r
-    grad_x = delta * r * cr
-    alpha_terms = slope - spread * r - tails * mean_first_gap - delta_first * r
-    sigma_terms = (tails * mean_first_gap - slope).mul_(ratio) + (delta_low + spread * ratio) * r
+    grad_x = delta * cr
+    alpha_terms = ((cell_up + cell_low) - (up_sum + low_sum).mul_(r)).div_(2)
+    alpha_terms.sub_(delta * k).sub_(spread * r)
+    sigma_terms = (cell_low - low_sum * r).sub_(spread * r).mul_(-ratio).addcmul_(upper, delta)
     sums = torch.stack([(grad * k).sum(), cr.dot(alpha_terms), cr.dot(sigma_terms)])
     if not want_gates:
         return grad_x, sums, None
@@ -379,7 +375,7 @@ def _srq_chunk_gradients(
         if group == NO_MASK:
             continue
         run_upper, run_lower = upper_edge(float(last)), upper_edge(float(first)).sub_(ratio)
-        log_mass, _ = cell_mass(run_upper, run_lower, ratio * (last - first + 1))
+        log_mass, _, _ = cell_mass(run_upper, run_lower, ratio * (last - first + 1))
         relative = log_mass.sub_(log_selected).clamp_(max=LOG_RATIO_CAP).exp_()
         grad_gates[group] -= crs.dot(relative)
     return grad_x, sums, grad_gates

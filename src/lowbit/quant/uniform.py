@@ -44,8 +44,9 @@ class _LearnedStepQuantize(torch.autograd.Function):
     Autograd of the same formula gives these gradients but records five elementwise ops and
     saves their inputs; this Function saves only ``x`` and the output, keeping the cost within
     a few passes over memory. Backward: ``x`` passes straight through inside the open clipping
-    range and gets 0 outside and on its bounds. For the step, ``dQ/dstep = q - x/step`` inside (UniQ Eq. 6, first
-    case) and ``q`` outside (the clipped code), i.e. ``(Q - x [inside]) / step`` everywhere:
+    range and gets 0 outside and on its bounds. For the step, ``dQ/dstep = q - x/step`` inside
+    (UniQ Eq. 6, first case) and ``q`` outside (the clipped code), i.e.
+    ``(Q - x [inside]) / step`` everywhere:
     two dot products for a layer-wise step. Times the gradient scale ``g``.
     """
 
