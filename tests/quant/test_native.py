@@ -245,6 +245,37 @@ def test_srq_forward_bitwise_backward_at_least_as_precise_as_eager(monkeypatch, 
         assert (f - reference).abs().max() <= 1.01 * (e - reference).abs().max() + noise
 
 
+@pytest.mark.parametrize("bits,design", [(2, "bitwise"), (4, "bitwise"), (8, "bitwise"),
+                                         (4, "endpoints"), (8, "endpoints")])
+def test_srq_masked_backward_at_least_as_precise_as_eager(monkeypatch, bits, design):
+    """SRQ + DropBits (Eq. 3 through r = Z pi / sum_j Z_j pi_j): the kernel's gradients of x,
+    alpha, sigma and the gates are no further from a float64 evaluation than the eager
+    float32 ones, with a dropped level (Z = 0), fractional gates and values past the grid."""
+    from lowbit.quant.dropbits import mask_count, mask_runs
+    from lowbit.quant.relaxed import semi_relaxed_quantize
+
+    runs = mask_runs(bits, design)
+    generator = torch.Generator().manual_seed(bits)
+    x0 = torch.randn(100_000, generator=generator) * 2 ** (bits - 1) * 0.05
+    grad = torch.randn(x0.shape, generator=generator)
+    gates0 = torch.rand(mask_count(bits, design), generator=generator)
+    gates0[-1] = 0.0
+    alpha0, sigma0 = torch.tensor(0.1), torch.tensor(0.04)
+
+    def run(dtype=torch.float32):
+        leaves = [t.to(dtype).clone().requires_grad_() for t in (x0, alpha0, sigma0, gates0)]
+        out = semi_relaxed_quantize(leaves[0], leaves[1], leaves[2], runs, leaves[3])
+        out.backward(grad.to(dtype))
+        return [t.double() for t in (out.detach(), *(leaf.grad for leaf in leaves))]
+
+    fused, eager = both_paths(monkeypatch, run)
+    exact = run(torch.float64)
+    assert torch.equal(fused[0], eager[0])
+    for f, e, reference in zip(fused[1:], eager[1:], exact[1:]):
+        noise = 1e-5 * reference.abs().max()
+        assert (f - reference).abs().max() <= 1.01 * (e - reference).abs().max() + noise
+
+
 def test_empty_and_offset_views():
     grid = levels("apot", 4, False)
     table = grid_table(grid, grid_cells(grid)).float()

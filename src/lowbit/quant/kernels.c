@@ -270,7 +270,8 @@ void lowbit_srq_round(const float *x, float *out, void *k, int wide, int64_t n, 
  * outside the grid, in sigmas), S(v) S(-v) / (S(U) S(-L)) = e^(E - |v|) (1 + t_U) (1 + t_L) /
  * (1 + t_v)^2 with e^(E - |v|) <= 1 (t_v inside; above: 1 at a and U, e^-rho at b, e^-W at L;
  * below the mirror image), and r = (1 - e^-rho) (1 + t_U) (1 + t_L) / ((1 - e^-W) (1 + t_a)
- * (1 + t_b)), so nothing under- or overflows however far x is from the grid. */
+ * (1 + t_b)), so nothing under- or overflows however far x is from the grid. Elements with
+ * k = 0 get no gradient (c = 0) and are skipped (after a ReLU most inputs are 0). */
 static inline float logistic(float v, float t, float inverse) { /* S(v), t = e^-|v|, 1/(1+t) */
     return v >= 0.f ? inverse : t * inverse;
 }
@@ -289,17 +290,31 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
                                           float inverse_fill, float cell_fill, float tail,
                                           const float *restrict decay, double *sums) {
     const float ratio = (float)(alpha * inverse_sigma);
-    float grid[BLOCK], edge[BLOCK], tail_a[BLOCK], tail_b[BLOCK];
+    float grid[BLOCK], xs[BLOCK], gs[BLOCK], edge[BLOCK], tail_a[BLOCK], tail_b[BLOCK];
+    float result[BLOCK];
+    int32_t index[BLOCK];
     const float half = ratio / 2, cell_decay = decay[1];
     for (int64_t start = 0; start < n; start += BLOCK) {
         int64_t count = n - start < BLOCK ? n - start : BLOCK;
+        /* Only elements off the grid's zero get a gradient (dL/dy = G alpha k), gathered. */
+        int64_t kept = 0;
         if (wide)
-            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int16_t *)k)[start + i];
+            for (int64_t i = 0; i < count; ++i) {
+                int16_t point = ((const int16_t *)k)[start + i];
+                grid[kept] = point, index[kept] = (int32_t)i, kept += point != 0;
+            }
         else
-            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int8_t *)k)[start + i];
+            for (int64_t i = 0; i < count; ++i) {
+                int8_t point = ((const int8_t *)k)[start + i];
+                grid[kept] = point, index[kept] = (int32_t)i, kept += point != 0;
+            }
+        for (int64_t j = 0; j < kept; ++j) {
+            xs[j] = x[start + index[j]];
+            gs[j] = grad[start + index[j]];
+        }
         /* The edges and the exponential first, in a short loop that pipelines. */
-        for (int64_t i = 0; i < count; ++i) {
-            const float a = (float)(((double)grid[i] * alpha - x[start + i]) * inverse_sigma) + half;
+        for (int64_t i = 0; i < kept; ++i) {
+            const float a = (float)(((double)grid[i] * alpha - xs[i]) * inverse_sigma) + half;
             const float b = a - ratio;
             const int above = (grid[i] == hi) & (a < 0.f), below = (grid[i] == lo) & (b > 0.f);
             /* Inside, the exponential of the edge nearer x (|v| <= rho / 2) gives the other's
@@ -313,15 +328,14 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
         }
         float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
 #pragma omp simd reduction(+ : gk_sum, alpha_sum, sigma_sum)
-        for (int64_t i = 0; i < count; ++i) {
-            const float kr = grid[i] * ratio, g = grad[start + i], c = g * kr;
+        for (int64_t i = 0; i < kept; ++i) {
+            const float kr = grid[i] * ratio, g = gs[i], c = g * kr;
             const float a = edge[i], b = a - ratio, t_a = tail_a[i], t_b = tail_b[i];
             const float above_steps = hi - grid[i], below_steps = grid[i] - lo;
             const int above = (above_steps == 0.f) & (a < 0.f);
             const int below = (below_steps == 0.f) & (b > 0.f);
             const float t_up = t_a * decay[(int32_t)above_steps];
             const float t_low = t_b * decay[(int32_t)below_steps];
-            const float up = a + above_steps * ratio, low = b - below_steps * ratio;
             const float a1 = 1.f + t_a, b1 = 1.f + t_b, u1 = 1.f + t_up, l1 = 1.f + t_low;
             const float inverse = 1.f / (a1 * b1 * u1 * l1); /* one division for four */
             const float i_a = inverse * b1 * u1 * l1, i_b = inverse * a1 * u1 * l1;
@@ -342,11 +356,13 @@ VECTORIZED static void srq_backward_range(const float *restrict grad, const floa
                                 - (above ? 0.f : t_a * i_a - t_up * i_up);
             const float rd = r * delta;
             const float rb = r * (above_steps * p_up + below_steps * p_low);
-            grad_x[start + i] = c * rd;
+            result[i] = c * rd;
             gk_sum += g * grid[i];
             alpha_sum += c * ((p_a + p_b - r * (p_up + p_low)) * 0.5f - grid[i] * rd - rb);
             sigma_sum += c * (a * rd - ratio * (p_b - r * p_low - rb));
         }
+        for (int64_t i = 0; i < count; ++i) grad_x[start + i] = 0.f;
+        for (int64_t j = 0; j < kept; ++j) grad_x[start + index[j]] = result[j];
         sums[0] += gk_sum, sums[1] += alpha_sum, sums[2] += sigma_sum;
     }
 }
@@ -411,7 +427,8 @@ static inline float log_poly(float v) {
  * far 0 lies from [l, u]), S(u) S(-l) = e^-dist(l, u) / ((1 + t_u) (1 + t_l)), so
  *   mass_j / (Z_k pi_k) = e^(dist(b, a) - dist(L_j, U_j) - log Z_k)
  *                         (1 + t_a) (1 + t_b) (1 - e^-W_j) / ((1 + t_U) (1 + t_L) (1 - e^-rho))
- * (one exponential per run, at most n_j / Z_j) and w_j is Z_j times that. The slopes
+ * (one exponential per run, at most n_j / Z_j; capped at e^60 like relaxed.py's, which only
+ * a dropped level, Z_j = 0, can reach) and w_j is Z_j times that. The slopes
  * p = S(-u) / (S(-l) (1 - e^-w)) and q = S(l) / (S(u) (1 - e^-w)) of an interval of width w
  * are e^(min(-u, 0) - min(-l, 0)) (1 + t_l) / ((1 + t_u) (1 - e^-w)) and its mirror image,
  * the exponential being e^-w, 1 or t_u (t_l). With `want_gates`, sums also get, per run, the
@@ -439,24 +456,36 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
                                         const SRQMasks *m, float *restrict work,
                                         double *sums) {
     const float ratio = m->ratio, half = ratio / 2, sigma = m->sigma;
-    const float cap = SRQ_LOG_RATIO_CAP;
+    const float cap = SRQ_LOG_RATIO_CAP, ceiling = expf(SRQ_LOG_RATIO_CAP);
     const int32_t runs = m->runs;
     float grid[SRQ_BLOCK], a[SRQ_BLOCK], b[SRQ_BLOCK], t_a[SRQ_BLOCK], t_b[SRQ_BLOCK];
     float i_a[SRQ_BLOCK], i_b[SRQ_BLOCK], reference[SRQ_BLOCK], cell[SRQ_BLOCK];
     float edge[SRQ_BLOCK], t_edge[SRQ_BLOCK], i_edge[SRQ_BLOCK];
     float total[SRQ_BLOCK], delta[SRQ_BLOCK], up_sum[SRQ_BLOCK], low_sum[SRQ_BLOCK];
-    float spread[SRQ_BLOCK], crs[SRQ_BLOCK], log_gate[SRQ_BLOCK];
+    float spread[SRQ_BLOCK], crs[SRQ_BLOCK], log_gate[SRQ_BLOCK], gs[SRQ_BLOCK];
+    float result[SRQ_BLOCK];
+    int32_t index[SRQ_BLOCK];
     double gk_total = 0, alpha_total = 0, sigma_total = 0;
     for (int64_t start = 0; start < n; start += SRQ_BLOCK) {
-        int64_t count = n - start < SRQ_BLOCK ? n - start : SRQ_BLOCK;
+        const int64_t block = n - start < SRQ_BLOCK ? n - start : SRQ_BLOCK;
+        /* Only elements off the grid's zero get a gradient (dL/dy = G alpha k). */
+        int64_t count = 0;
         if (wide)
-            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int16_t *)k)[start + i];
+            for (int64_t i = 0; i < block; ++i) {
+                int16_t point = ((const int16_t *)k)[start + i];
+                grid[count] = point, index[count] = (int32_t)i, count += point != 0;
+            }
         else
-            for (int64_t i = 0; i < count; ++i) grid[i] = ((const int8_t *)k)[start + i];
-        for (int64_t i = 0; i < count; ++i)
-            log_gate[i] = m->point_log_gate[(int32_t)(grid[i] - m->lo)];
+            for (int64_t i = 0; i < block; ++i) {
+                int8_t point = ((const int8_t *)k)[start + i];
+                grid[count] = point, index[count] = (int32_t)i, count += point != 0;
+            }
         for (int64_t i = 0; i < count; ++i) {
-            const double xi = x[start + i];
+            log_gate[i] = m->point_log_gate[(int32_t)(grid[i] - m->lo)];
+            gs[i] = grad[start + index[i]];
+        }
+        for (int64_t i = 0; i < count; ++i) {
+            const double xi = x[start + index[i]];
             const float ai = (float)(((double)grid[i] * m->alpha - xi) * m->inverse_sigma) + half;
             const float bi = ai - ratio;
             const float low = (float)(((double)m->lo * m->alpha - xi) * m->inverse_sigma) - half;
@@ -478,7 +507,10 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
                 const float up = a[i] + (top - grid[i] * ratio);
                 const float t_up = exp_poly(-fabsf(up)), i_up = 1.f / (1.f + t_up);
                 const float v = reference[i] - distance_to_zero(low, up);
-                const float rel = exp_poly(v < cap ? v : cap) * cell[i] * i_up * i_low * fill;
+                /* capped at e^cap as relaxed.py does (the factor after v is at least 1/4) */
+                const float rel_full = exp_poly(v < cap + 2.f ? v : cap + 2.f) * cell[i] * i_up
+                                       * i_low * fill;
+                const float rel = rel_full < ceiling ? rel_full : ceiling;
                 const float w = gate * rel;
                 const float e_up = low >= 0.f ? tail : (up <= 0.f ? 1.f : t_up);
                 const float e_low = up <= 0.f ? tail : (low >= 0.f ? 1.f : t_low);
@@ -496,7 +528,7 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
         }
         float gk_sum = 0, alpha_sum = 0, sigma_sum = 0;
         for (int64_t i = 0; i < count; ++i) {
-            const float r = 1.f / total[i], g = grad[start + i], kr = grid[i] * ratio;
+            const float r = 1.f / total[i], g = gs[i], kr = grid[i] * ratio;
             const float c = g * kr, cr = c * r, d = delta[i] * r;
             /* the cell's slopes */
             const float e_a = b[i] >= 0.f ? m->cell_decay : (a[i] <= 0.f ? 1.f : t_a[i]);
@@ -504,12 +536,14 @@ VECTORIZED static void srq_masked_range(const float *restrict grad, const float 
             const float p = e_a * (1.f + t_b[i]) * i_a[i] / m->cell_fill;
             const float q = e_b * (1.f + t_a[i]) * i_b[i] / m->cell_fill;
             const float tilt = spread[i] * r;
-            grad_x[start + i] = cr * d;
+            result[i] = cr * d;
             gk_sum += g * grid[i];
             alpha_sum += cr * ((p + q - (up_sum[i] + low_sum[i]) * r) * 0.5f - grid[i] * d - tilt);
             sigma_sum += cr * (a[i] * d - ratio * (q - low_sum[i] * r - tilt));
             crs[i] = cr * sigma;
         }
+        for (int64_t i = 0; i < block; ++i) grad_x[start + i] = 0.f;
+        for (int64_t i = 0; i < count; ++i) grad_x[start + index[i]] = result[i];
         gk_total += gk_sum, alpha_total += alpha_sum, sigma_total += sigma_sum;
         if (!m->want_gates) continue;
         for (int64_t i = 0; i < count; ++i) {

@@ -2,8 +2,9 @@
 
 On the CPU an eager quantizer costs several passes over memory: APoT's level lookup is a
 multiply, a clamp, a conversion and ``index_select`` (which runs on one thread), every
-clipping quantizer's backward is a masked copy and two dot products, SRQ's backward a dozen
-passes around two sigmoids, and RQ builds ``numel x K`` tensors for its Gumbel-softmax. The
+clipping quantizer's backward is a masked copy and two dot products, SRQ's backward some
+forty passes around the sigmoids of each run of grid points, and RQ builds ``numel x K``
+tensors for its Gumbel-softmax. The
 kernels in ``kernels.c`` do each of these in one vectorized pass on every thread. Where an
 eager formula exists for the same result, they use its float32 arithmetic and return its
 bits (sums of the scale gradients are accumulated in double, so those differ from the eager
