@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
 
@@ -374,6 +375,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     reuse_freed_memory()
+    _show_library_notes()
     try:
         return args.handler(args)
     except LowbitError as error:
@@ -386,6 +388,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         }.get(args.command, "")
         print(f"lowbit: interrupted{hint}", file=sys.stderr)
         return 130
+
+
+def _show_library_notes() -> None:
+    """Print what the library reports at INFO (e.g. which layers got signed input quantizers)
+    on stderr, once per command; a program importing lowbit configures logging itself."""
+    logger = logging.getLogger("lowbit")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
 
 
 if __name__ == "__main__":
