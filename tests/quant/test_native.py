@@ -129,6 +129,11 @@ def test_clip_backward_sums_in_double(closed):
     assert torch.equal(grad_x, torch.where(inside, grad, 0.0))
     expected = grad.double().dot(out.double()) - grad_x.double().dot(x.double())
     assert float(total) == pytest.approx(float(expected), rel=1e-6, abs=1e-3)
+    above = grad.double()[x > high].sum() if closed else grad.double()[x >= high].sum()
+    below = grad.double()[x < low].sum() if closed else grad.double()[x <= low].sum()
+    for rule, value in (("upper", above), ("bounds", above - below)):
+        _, total = clip_backward(grad, x, out, low, high, closed, torch.tensor(1.0), rule)
+        assert float(total) == pytest.approx(float(value), rel=1e-6, abs=1e-3)
 
 
 def test_channels_last_and_mixed_layouts(monkeypatch):

@@ -120,18 +120,16 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         x, out, alpha = ctx.saved_tensors
-        adabits = ctx.alpha_gradient == "adabits" and ctx.needs_input_grad[1]
         # One-sided: the open range from just below zero is PACT's [0, alpha).
         low = -alpha if ctx.signed else alpha.new_tensor(-torch.finfo(x.dtype).tiny)
+        if ctx.alpha_gradient == "adabits":
+            rule = "rounding"
+        else:  # PACT Eq. 3: +1 above alpha, -1 below -alpha (two-sided), 0 inside
+            rule = "bounds" if ctx.signed else "upper"
         grad_x, grad_alpha = clip_backward(
-            grad_out, x, out, low, alpha, closed=False, scale=alpha if adabits else None
+            grad_out, x, out, low, alpha, closed=False,
+            scale=alpha if ctx.needs_input_grad[1] else None, scale_gradient=rule,
         )
-        if ctx.needs_input_grad[1] and not adabits:
-            # Outside the range: +1 above alpha, -1 below -alpha, nothing below 0 (one-sided).
-            direction = x.sign()
-            if not ctx.signed:
-                direction.clamp_(min=0)
-            grad_alpha = (grad_out - grad_x).mul_(direction).sum().reshape(alpha.shape)
         return grad_x, grad_alpha, None, None, None
 
 

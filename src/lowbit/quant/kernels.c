@@ -148,45 +148,56 @@ void lowbit_uniform(const float *x, float *out, int64_t n, int mode, float step,
 }
 
 /* grad_x = grad outside [low, high] zeroed, as hardtanh's backward does (a NaN x keeps its
- * gradient); sums += (sum(grad * out), sum(grad_x * x)). Partial sums are float over 1024
- * elements (vectorized), then double. */
+ * gradient); sums += (sum(grad * out), sum(grad_x * x), sum of grad where x > high, where
+ * x < low). Partial sums are float over 1024 elements (vectorized), then double. */
 VECTORIZED static void clip_backward_range(const float *restrict grad, const float *restrict x,
                                            const float *restrict out, float *restrict grad_x,
                                            int64_t n, float low, float high, double *sums) {
-    double total_out = 0, total_x = 0;
+    double total_out = 0, total_x = 0, total_above = 0, total_below = 0;
     for (int64_t start = 0; start < n; start += 1024) {
         int64_t stop = n - start < 1024 ? n : start + 1024;
-        float part_out = 0.f, part_x = 0.f;
-#pragma omp simd reduction(+ : part_out, part_x)
+        float part_out = 0.f, part_x = 0.f, part_above = 0.f, part_below = 0.f;
+#pragma omp simd reduction(+ : part_out, part_x, part_above, part_below)
         for (int64_t i = start; i < stop; ++i) {
             float xi = x[i];
             float passed = (xi < low) | (xi > high) ? 0.f : grad[i];
             grad_x[i] = passed;
             part_out += grad[i] * out[i];
             part_x += passed * xi;
+            part_above += xi > high ? grad[i] : 0.f;
+            part_below += xi < low ? grad[i] : 0.f;
         }
         total_out += part_out;
         total_x += part_x;
+        total_above += part_above;
+        total_below += part_below;
     }
     sums[0] += total_out;
     sums[1] += total_x;
+    sums[2] += total_above;
+    sums[3] += total_below;
 }
 
+/* sums = (sum(grad * out), sum(grad_x * x), sum(grad above high), sum(grad below low)). */
 void lowbit_clip_backward(const float *grad, const float *x, const float *out, float *grad_x,
                           int64_t n, float low, float high, double *sums, int threads) {
-    double total_out = 0, total_x = 0;
-#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : total_out, total_x)
+    double t0 = 0, t1 = 0, t2 = 0, t3 = 0;
+#pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : t0, t1, t2, t3)
     {
         int64_t begin, end;
-        double part[2] = {0, 0};
+        double part[4] = {0, 0, 0, 0};
         thread_range(n, &begin, &end);
         clip_backward_range(grad + begin, x + begin, out + begin, grad_x + begin, end - begin,
                             low, high, part);
-        total_out += part[0];
-        total_x += part[1];
+        t0 += part[0];
+        t1 += part[1];
+        t2 += part[2];
+        t3 += part[3];
     }
-    sums[0] = total_out;
-    sums[1] = total_x;
+    sums[0] = t0;
+    sums[1] = t1;
+    sums[2] = t2;
+    sums[3] = t3;
 }
 
 /* exp(v) to about 2 ulp in a form compilers vectorize (Cephes' expf: Cody-Waite reduction

@@ -220,19 +220,20 @@ def uniform(
 
 def clip_backward(
     grad: torch.Tensor, x: torch.Tensor, out: torch.Tensor, low: float, high: float, closed: bool
-) -> tuple[torch.Tensor, float, float]:
+) -> tuple[torch.Tensor, tuple[float, float, float, float]]:
     """``grad`` zeroed outside ``[low, high]`` (``(low, high)`` if not ``closed``), with
-    ``sum(grad * out)`` and ``sum(grad_x * x)`` from the same pass."""
+    ``sum(grad * out)``, ``sum(grad_x * x)`` and the sums of ``grad`` above and below the
+    range, from the same pass."""
     if not closed:  # the open range is the closed one between the next floats inside it
         bounds = np.array([low, high], dtype=np.float32)
         low, high = np.nextafter(bounds, bounds[::-1]).tolist()
     grad_x = torch.empty_like(x)
-    sums = (ctypes.c_double * 2)()
+    sums = (ctypes.c_double * 4)()
     library().lowbit_clip_backward(
         grad.data_ptr(), x.data_ptr(), out.data_ptr(), grad_x.data_ptr(), x.numel(),
         low, high, sums, torch.get_num_threads(),
     )
-    return grad_x, sums[0], sums[1]
+    return grad_x, tuple(sums)
 
 
 def srq_round(

@@ -4,7 +4,7 @@ A quantizer ``Q(x) = s * clip(round(x / s))`` (RCF, LSQ / UniQ, PACT) hands its 
 upstream gradient inside the clipping range and zero outside (``straight_through``); its
 scale ``s`` (alpha, the step) gets ``(sum(g * Q) - sum(g_x * x)) / s`` whenever ``dQ/ds`` is
 ``(Q - x) / s`` inside the range and ``Q / s`` outside it (APoT Eq. 8, UniQ Eq. 6, PACT), so
-two dot products and no per-element temporary (``scale_gradient``). ``clip_backward`` gives
+two dot products and no per-element temporary (``scale_gradient_sum``). ``clip_backward`` gives
 both, in one pass with the fused CPU kernel (``lowbit.quant.native``) where it serves.
 """
 
@@ -69,13 +69,16 @@ def _host_bound(
     return float(value)
 
 
-def scale_gradient(
+def scale_gradient_sum(
     grad: torch.Tensor, grad_x: torch.Tensor, x: torch.Tensor, out: torch.Tensor
 ) -> torch.Tensor:
     """``sum(grad * out) - sum(grad_x * x)``: the scale's gradient times the scale, for
     ``grad_x = straight_through(grad, x, ...)`` (see the module docstring)."""
     flat_g, flat_gx = grad.reshape(-1), grad_x.reshape(-1)
     return flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))
+
+
+SCALE_GRADIENTS = ("rounding", "upper", "bounds")
 
 
 def clip_backward(
@@ -86,24 +89,40 @@ def clip_backward(
     high: torch.Tensor | None,
     closed: bool = True,
     scale: torch.Tensor | None = None,
+    scale_gradient: str = "rounding",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The backward of a clipping quantizer whose output is ``out``:
-    ``straight_through(grad, x, low, high, closed)`` and, given its scalar ``scale`` s,
-    ``scale_gradient(...) / s``, the scale's gradient (else ``None``). Scalar bounds on float32
-    CPU tensors take one fused pass (``native``)."""
+    ``straight_through(grad, x, low, high, closed)`` and, given its scalar ``scale`` s, the
+    scale's gradient (else ``None``). Scalar bounds on float32 CPU tensors take one fused pass
+    (``native``).
+
+    ``scale_gradient`` says how the output depends on s: ``"rounding"``, the quantizer's
+    ``dQ/ds = (Q - x)/s`` inside and ``Q/s`` outside (``scale_gradient_sum(...) / s``); ``"upper"``,
+    only through a clip at ``high = s`` (PACT Eq. 3: the gradient of the elements above the
+    range); ``"bounds"``, through a clip at ``[-s, s]`` (above minus below)."""
     scalar_bounds = all(b is None or b.numel() == 1 for b in (low, high))
     if scalar_bounds and native.usable(grad, x, out):
-        grad_x, total_out, total_x = native.clip_backward(
+        grad_x, (total_out, total_x, above, below) = native.clip_backward(
             grad, x, out, _value(low, -math.inf), _value(high, math.inf), closed
         )
         if scale is None:
             return grad_x, None
-        value = (total_out - total_x) / float(scale)
+        value = {
+            "rounding": (total_out - total_x) / float(scale),
+            "upper": above,
+            "bounds": above - below,
+        }[scale_gradient]
         return grad_x, torch.full(scale.shape, value, dtype=scale.dtype)
     grad_x = straight_through(grad, x, low, high, closed)
     if scale is None:
         return grad_x, None
-    return grad_x, (scale_gradient(grad, grad_x, x, out) / scale).reshape(scale.shape)
+    if scale_gradient == "rounding":
+        return grad_x, (scale_gradient_sum(grad, grad_x, x, out) / scale).reshape(scale.shape)
+    outside = grad - grad_x  # the gradient of the elements outside the range
+    direction = x.sign()
+    if scale_gradient == "upper":
+        direction.clamp_(min=0)
+    return grad_x, outside.mul_(direction).sum().reshape(scale.shape)
 
 
 def _value(bound: torch.Tensor | None, default: float) -> float:
