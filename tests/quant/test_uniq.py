@@ -310,3 +310,14 @@ def test_loading_another_bit_widths_step_reinitializes_it():
     again = uniq_input_quantizer(2)
     again.load_state_dict(two_input.state_dict())
     assert again.initialized and again.step.item() == two_input.step.item()
+
+
+def test_state_dicts_written_before_step_bits_still_load():
+    """Checkpoints from before the step_bits buffer have only the step: taken as learned at
+    the quantizer's own bit-width (strict loading does not fail on the missing key)."""
+    source = uniq_input_quantizer(2)
+    source.observe(torch.rand(100))
+    old = {key: value for key, value in source.state_dict().items() if key != "step_bits"}
+    target = uniq_input_quantizer(2)
+    target.load_state_dict(old)
+    assert target.initialized and target.step.item() == source.step.item()
