@@ -141,3 +141,26 @@ def test_linear_after_layernorm_is_no_longer_destroyed(method):
     assert model[2].input_quantizer.signed and not model[4].input_quantizer.signed
     assert model[6].input_quantizer is None or model[6].input_quantizer.signed
     assert error < 0.05, error
+
+
+@pytest.mark.parametrize("activation, signed", [("relu", False), ("gelu", True)])
+def test_transformer_feed_forward_after_relu_is_unsigned(activation, signed):
+    """torch.fx cannot trace nn.TransformerEncoderLayer (its fused-path checks): the layer is
+    read through KNOWN_INSIDES: linear2 reads activation(linear1(x)); everything after a
+    LayerNorm or attention is signed."""
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation=activation)
+    model = nn.Sequential(nn.Linear(16, 32), nn.TransformerEncoder(layer, 2), nn.Linear(32, 4))
+    lowbit.quantize(model, "lsq", 4)
+    for block in model[1].layers:
+        assert block.linear2.input_quantizer.signed == signed
+        assert block.linear1.input_quantizer.signed
+        assert block.self_attn.q_proj.input_quantizer.signed
+
+
+def test_an_untraceable_block_leaves_the_rest_of_the_graph_readable():
+    """Only the block with data-dependent Python is read through its children."""
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), Untraceable(), nn.ReLU(), nn.Linear(2, 2),
+                          nn.ReLU(), nn.Linear(2, 2))
+    lowbit.quantize(model, "lsq", 4)
+    assert model[2].a.input_quantizer.signed  # inside the untraceable block: unknown
+    assert not model[4].input_quantizer.signed  # after the block's output and a ReLU

@@ -222,13 +222,10 @@ def _decide_signedness(
     undecided = [n for n, p in plan.items() if p is not None and p.signed_input is None]
     if not undecided:
         return plan
-    known = None if signed_inputs is not None else non_negative_inputs(model, undecided)
-    if known is None and signed_inputs is None:
-        logger.info("lowbit: torch.fx cannot trace %s; every layer input is quantized as "
-                    "signed (override with signed_input per layer)", type(model).__name__)
+    known = {} if signed_inputs is not None else non_negative_inputs(model, undecided)
     decided = dict(plan)
     for name in undecided:
-        signed = signed_inputs if signed_inputs is not None else not (known and known[name])
+        signed = signed_inputs if signed_inputs is not None else not known[name]
         decided[name] = replace(plan[name], signed_input=signed)
     return decided
 

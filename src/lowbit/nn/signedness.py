@@ -4,8 +4,9 @@ An unsigned activation quantizer maps every negative input to zero, so it suits 
 whose input comes out of a ReLU (or ReLU6, a clamp at zero, a sigmoid, a softmax), possibly
 through ops that keep signs (pooling, flattening, dropout, concatenation or sums of such
 tensors). Everything else (the data, a linear bottleneck, a LayerNorm, a residual sum with a
-signed branch, GELU) gets a signed quantizer. A model that ``torch.fx`` cannot trace gives no
-answer (``None``), and the caller treats those inputs as signed.
+signed branch, GELU) gets a signed quantizer. A module that ``torch.fx`` cannot trace (data-
+dependent Python) is read through its children, so only the layers whose input no traced graph
+shows are left unknown, and the caller treats those inputs as signed.
 """
 
 from __future__ import annotations
@@ -56,35 +57,101 @@ ARITHMETIC = {
 
 
 class _LeafTracer(fx.Tracer):
-    """Keeps ``leaves`` (the layers to be quantized, by name) as single nodes."""
+    """Traces into the modules that hold layers to be quantized (``containers``, by name) and
+    keeps every other module, the layers themselves included, as a single node."""
 
-    def __init__(self, leaves: set[str]) -> None:
+    def __init__(self, containers: set[str]) -> None:
         super().__init__()
-        self.leaves = leaves
+        self.containers = containers
 
     def is_leaf_module(self, module: nn.Module, qualified_name: str) -> bool:
-        return qualified_name in self.leaves or super().is_leaf_module(module, qualified_name)
+        return qualified_name not in self.containers
 
 
-def non_negative_inputs(model: nn.Module, names: Iterable[str]) -> dict[str, bool] | None:
-    """For each layer name, whether its input is provably non-negative; ``None`` when the model
-    cannot be traced (then nothing is known). A layer called more than once is non-negative
-    only if every call's input is."""
+def _feed_forward_after_activation(layer: nn.Module) -> dict[str, bool]:
+    # torch's Transformer layers: linear2 reads activation(linear1(x)) through dropout.
+    activation = getattr(layer, "activation", None)
+    return {"linear2": activation is F.relu or isinstance(activation, nn.ReLU)}
+
+
+# What is known of modules whose forward torch.fx cannot trace (data-dependent checks of their
+# fused paths): which of their layers read a non-negative input, by relative name.
+KNOWN_INSIDES = {
+    nn.TransformerEncoderLayer: _feed_forward_after_activation,
+    nn.TransformerDecoderLayer: _feed_forward_after_activation,
+}
+
+
+def non_negative_inputs(model: nn.Module, names: Iterable[str]) -> dict[str, bool]:
+    """For each layer name, whether its input is provably non-negative. The model's graph is
+    read with ``torch.fx``; a module that cannot be traced is read through its children (and
+    ``KNOWN_INSIDES``), and what no graph shows counts as possibly negative. A layer called
+    more than once is non-negative only if every call's input is."""
     names = set(names)
-    try:
-        graph = _LeafTracer(names).trace(model)
-    except Exception:  # noqa: BLE001 - any tracing failure means "unknown", never an error
-        return None
-    modules = dict(model.named_modules())
-    known: dict[fx.Node, bool] = {}
     found: dict[str, bool] = {}
+    _read(model, "", names, found)
+    return {name: found.get(name, False) for name in names}
+
+
+def _read(module: nn.Module, prefix: str, names: set[str], found: dict[str, bool]) -> None:
+    """Fill ``found`` for the layers inside ``module`` (named ``prefix...`` in the model).
+
+    Children that cannot be traced on their own become single nodes of this module's graph
+    (their outputs of unknown sign) and are read separately, so one block with data-dependent
+    Python hides only what is inside it."""
+    inside = {name[len(prefix):] for name in names if name.startswith(prefix)}
+    containers = _containers(module, inside)
+    graph = _trace(module, containers)
+    opaque = set()
+    if graph is None:
+        opaque = {
+            name for name, child in module.named_children()
+            if name in containers
+            and _trace(child, _containers(child, _below(name, inside))) is None
+        }
+        kept = {c for c in containers if not any(c == o or c.startswith(o + ".") for o in opaque)}
+        graph = _trace(module, kept) if opaque else None
+    if graph is None:
+        rule = KNOWN_INSIDES.get(type(module))
+        if rule is not None:
+            found.update({prefix + name: value for name, value in rule(module).items()})
+        opaque = {name for name, _ in module.named_children() if name in containers}
+    else:
+        _walk(graph, dict(module.named_modules()), prefix, inside, found)
+    for name in opaque:
+        _read(module.get_submodule(name), f"{prefix}{name}.", names, found)
+
+
+def _below(child: str, inside: set[str]) -> set[str]:
+    return {name[len(child) + 1:] for name in inside if name.startswith(child + ".")}
+
+
+def _containers(module: nn.Module, inside: set[str]) -> set[str]:
+    """The module itself and every submodule that holds one of the layers ``inside``."""
+    return {""} | {
+        child for child, _ in module.named_modules()
+        if child and any(name.startswith(child + ".") for name in inside)
+    }
+
+
+def _trace(module: nn.Module, containers: set[str]) -> fx.Graph | None:
+    try:
+        return _LeafTracer(containers).trace(module)
+    except Exception:  # noqa: BLE001 - any tracing failure means "read it another way"
+        return None
+
+
+def _walk(
+    graph: fx.Graph, modules: dict, prefix: str, inside: set[str], found: dict[str, bool]
+) -> None:
+    known: dict[fx.Node, bool] = {}
     for node in graph.nodes:
         known[node] = _non_negative(node, known, modules)
-        if node.op == "call_module" and node.target in names:
+        if node.op == "call_module" and node.target in inside:
             source = node.args[0] if node.args else None
             value = isinstance(source, fx.Node) and known.get(source, False)
-            found[node.target] = found.get(node.target, True) and value
-    return {name: found.get(name, False) for name in names}
+            name = prefix + node.target
+            found[name] = found.get(name, True) and value
 
 
 def _non_negative(node: fx.Node, known: dict[fx.Node, bool], modules: dict) -> bool:
