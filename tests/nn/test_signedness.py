@@ -148,7 +148,8 @@ def test_transformer_feed_forward_after_relu_is_unsigned(activation, signed):
     """torch.fx cannot trace nn.TransformerEncoderLayer (its fused-path checks): the layer is
     read through KNOWN_INSIDES: linear2 reads activation(linear1(x)); everything after a
     LayerNorm or attention is signed."""
-    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation=activation)
+    layer = nn.TransformerEncoderLayer(32, 4, 64, dropout=0.0, activation=activation,
+                                       batch_first=True)
     model = nn.Sequential(nn.Linear(16, 32), nn.TransformerEncoder(layer, 2), nn.Linear(32, 4))
     lowbit.quantize(model, "lsq", 4)
     for block in model[1].layers:
