@@ -174,22 +174,13 @@ def test_registered_methods():
     assert pact.input_quantizer(4, signed=True).signed
 
 
-def test_weight_rescale_leaves_batchnorm_training_unchanged():
+def test_weight_rescale_leaves_batchnorm_training_unchanged(conv_batchnorm_step):
     """DoReFa's output 2q - 1 lies in [-1, 1] (UniQ Eq. 2); the default std(w)/std(q) rescale
     (detached, a positive number per layer) keeps a pretrained layer's scale. A BatchNorm in
     training mode after the conv removes any positive factor, so loss and weight gradients are
     those of the literal Eq. 2 output (rescale=False)."""
-    torch.manual_seed(0)
-    x = torch.randn(8, 3, 6, 6)
-    results = []
-    for rescale in (True, False):
-        torch.manual_seed(1)
-        conv = torch.nn.Conv2d(3, 4, 3, bias=False)
-        bn = torch.nn.BatchNorm2d(4, eps=1e-12)
-        quantizer = DoReFaWeightQuantizer(4, rescale=rescale)
-        out = bn(torch.nn.functional.conv2d(x, quantizer(conv.weight)))
-        loss = (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum()
-        loss.backward()
-        results.append((loss.detach(), conv.weight.grad))
-    for rescaled, literal in zip(*results):
-        torch.testing.assert_close(rescaled, literal, rtol=1e-4, atol=1e-5)
+    rescaled, literal = (
+        conv_batchnorm_step(DoReFaWeightQuantizer(4, rescale=rescale)) for rescale in (True, False)
+    )
+    for ours, paper in zip(rescaled, literal):
+        torch.testing.assert_close(ours, paper, rtol=1e-4, atol=1e-5)
