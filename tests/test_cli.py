@@ -68,3 +68,29 @@ def test_diagnose_prints_the_fig6_table():
 
 def test_unknown_option_is_rejected():
     assert lowbit("train", "--bogus").returncode == 2
+
+
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("optimizer.lr=fast", "optimizer.lr must be a number, got 'fast'"),
+        ("optimizer.lr=.nan", "optimizer.lr must be a number"),
+        ("float_lr=-0.1", "float_lr must be > 0"),
+        ("data.limit=-5", "data.limit must be >= 1"),
+        ("data.batch_size=0", "data.batch_size must be >= 1"),
+        ("epochs=-1", "epochs must be >= 0"),
+        ("weight_options.alpah=3", "weight_options of layer 3 (method apot)"),
+        ("input_options.alpha=-1", "alpha must be a positive number"),
+        ("optimizer.name=sgdd", "unknown optimizer 'sgdd'"),
+        ("overrides.layer9=4", "matches no quantizable layer"),
+    ],
+)
+def test_bad_values_fail_before_the_float_stage(tmp_path, setting, message):
+    """A bad value of a later stage fails in seconds, in one line, before the 15-epoch float
+    stage trains and before a run directory exists: numbers are checked first, then every
+    stage's model, quantizers and optimizer are built on the meta device."""
+    result = lowbit("train", "--out", str(tmp_path / "runs"), "--set", setting)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()

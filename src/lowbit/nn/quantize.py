@@ -210,7 +210,7 @@ def quantize(
         quantize_input = index > 0 and plan[name].method.input_quantizer is not None
         if quantize_input and plan[name].signed_input:
             signed.append(name)
-        set_submodule(model, name, _quantized_layer(layer, plan[name], index > 0))
+        set_submodule(model, name, _quantized_layer(name, layer, plan[name], index > 0))
     _report(model, signed, kept_float)
     return model
 
@@ -255,14 +255,25 @@ def is_downsample(layer: nn.Module) -> bool:
 
 
 def _quantized_layer(
-    layer: nn.Module, plan: LayerQuantization, quantize_input: bool
+    name: str, layer: nn.Module, plan: LayerQuantization, quantize_input: bool
 ) -> nn.Module:
-    weight_quantizer = plan.method.weight_quantizer(plan.bits, **plan.weight_options)
-    input_factory = plan.method.input_quantizer if quantize_input else None
-    input_quantizer = None if input_factory is None else input_factory(
-        plan.bits, **{"signed": bool(plan.signed_input), **plan.input_options}
-    )
+    method = plan.method
+    weight_quantizer = _build(method.weight_quantizer, plan.bits, plan.weight_options,
+                              f"weight_options of layer {name} (method {method.name})")
+    input_quantizer = None
+    if quantize_input and method.input_quantizer is not None:
+        options = {"signed": bool(plan.signed_input), **plan.input_options}
+        input_quantizer = _build(method.input_quantizer, plan.bits, options,
+                                 f"input_options of layer {name} (method {method.name})")
     return QUANTIZED_LAYERS[type(layer)].from_float(layer, weight_quantizer, input_quantizer)
+
+
+def _build(factory, bits: int, options: Mapping[str, Any], what: str) -> nn.Module:
+    """``factory(bits, **options)``; an option the factory does not take is a user error."""
+    try:
+        return factory(bits, **options)
+    except (TypeError, LowbitError) as error:  # a misspelt option name, a value out of range
+        raise LowbitError(f"{what}: {error}") from None
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -177,6 +177,8 @@ class RCFQuantizer(nn.Module):
         clip_input_gradient: bool = True,
     ) -> None:
         super().__init__()
+        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
+            raise LowbitError(f"alpha must be a positive number, got {alpha!r}")
         if normalization not in WEIGHT_NORMALIZATIONS:
             raise LowbitError(
                 f"unknown weight normalization {normalization!r}; use one of: "

@@ -110,6 +110,49 @@ def merge(base: dict[str, Any], update: Mapping[str, Any], where: str = "") -> d
     return result
 
 
+# Numeric settings: (dotted key, whole number?, smallest allowed, bound included?, None allowed?).
+NUMBERS = (
+    ("seed", True, None, True, False),
+    ("data.batch_size", True, 1, True, False),
+    ("data.eval_batch_size", True, 1, True, False),
+    ("data.workers", True, 0, True, False),
+    ("data.limit", True, 1, True, True),
+    ("float_epochs", True, 0, True, False),
+    ("epochs", True, 0, True, False),
+    ("calibrate_batches", True, 0, True, False),
+    ("float_lr", False, 0, False, False),
+    ("optimizer.lr", False, 0, False, False),
+    ("optimizer.momentum", False, 0, True, False),
+    ("optimizer.weight_decay", False, 0, True, False),
+    ("float_optimizer.momentum", False, 0, True, False),
+    ("float_optimizer.weight_decay", False, 0, True, False),
+    ("quantizer_optim.weight_lr", False, 0, False, True),
+    ("quantizer_optim.input_lr", False, 0, False, True),
+    ("quantizer_optim.weight_decay", False, 0, True, False),
+    ("schedule.warmup_epochs", False, 0, True, False),
+    ("schedule.gamma", False, 0, False, False),
+    ("label_smoothing", False, 0, True, False),
+)
+
+
+def check_numbers(config: Mapping[str, Any]) -> None:
+    """Every numeric setting is a number of the right kind and range (``NUMBERS``); a
+    ``LowbitError`` names the first that is not."""
+    for key, whole, lowest, inclusive, nullable in NUMBERS:
+        value: Any = config
+        for part in key.split("."):
+            value = value[part]
+        if value is None and nullable:
+            continue
+        kind = "a whole number" if whole else "a number"
+        ok_type = isinstance(value, int) if whole else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok_type or value != value:
+            raise LowbitError(f"{key} must be {kind}, got {value!r}")
+        if lowest is not None and not (value >= lowest if inclusive else value > lowest):
+            bound = f">= {lowest}" if inclusive else f"> {lowest}"
+            raise LowbitError(f"{key} must be {bound}, got {value!r}")
+
+
 def parse_override(text: str) -> dict[str, Any]:
     """``"data.limit=2000"`` -> ``{"data": {"limit": 2000}}`` (values parsed as YAML)."""
     key, sep, raw = text.partition("=")

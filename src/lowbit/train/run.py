@@ -32,6 +32,7 @@ from lowbit.quant.registry import get_method
 from lowbit.train import distributed
 from lowbit.train.build import data_from_config, model_from_config
 from lowbit.train.checkpoint import load_checkpoint, load_matching, save_checkpoint
+from lowbit.train.config import check_numbers
 from lowbit.train.distributed import ProcessGroup
 from lowbit.train.loop import evaluate, train_one_epoch
 from lowbit.train.optim import build_optimizer, build_scheduler, lr_factor
@@ -63,7 +64,8 @@ def pick_device(name: str) -> torch.device:
 
 
 def check_config(config: dict[str, Any]) -> None:
-    """Fail on bad names and bits before anything is written or trained."""
+    """Fail on bad names, bits and numbers before anything is written or trained."""
+    check_numbers(config)
     model_names, data_names = available_models(), available_datasets()
     if config["model"]["name"] not in model_names:
         raise LowbitError(
@@ -184,6 +186,8 @@ def run_training(config: dict[str, Any], run_dir: Path | None = None) -> dict[st
 
 def _train(config: dict[str, Any], run_dir: Path | None, group: ProcessGroup) -> dict[str, Any]:
     device = group.device
+    data = data_from_config(config, device, group.rank, group.world_size)
+    build_every_stage(config, data.num_classes, data.in_channels)
     if run_dir is None and group.is_main:
         run_dir = new_run_dir(config)
         (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -193,7 +197,6 @@ def _train(config: dict[str, Any], run_dir: Path | None, group: ProcessGroup) ->
         state = RunState(**checkpoint["run_state"])
     if not group.is_main:
         run_dir = None
-    data = data_from_config(config, device, group.rank, group.world_size)
     run = Run(config, run_dir, group, data, state)
     model = None
     for stage, epochs, lr in _stage_plan(config):
@@ -239,12 +242,30 @@ def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None)
     return model
 
 
+def build_every_stage(config: dict[str, Any], num_classes: int, in_channels: int) -> None:
+    """Build each stage's model (quantized where the stage is) and optimizer on the meta
+    device, so that a bad model option, quantizer option or override fails before a run
+    directory exists or a stage trains."""
+    with torch.device("meta"):  # shapes only: nothing is allocated or initialized
+        model = model_from_config(config, num_classes, in_channels)
+    for stage, _, lr in _stage_plan(config):
+        if stage == "quant":
+            quantize_from_config(model, config)  # quantizers move to the layers' device
+        stage_optimizer(model, config, stage, lr)
+
+
+def stage_optimizer(
+    model: nn.Module, config: dict[str, Any], stage: str, lr: float
+) -> torch.optim.Optimizer:
+    """The optimizer of ``stage``: the float stage's own settings, or the quantized one's."""
+    base = config["float_optimizer"] if stage == "float" else config["optimizer"]
+    return build_optimizer(model, {**config, "optimizer": {**base, "lr": lr}})
+
+
 def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, checkpoint) -> None:
     """Train ``model`` for the remaining epochs of ``stage``, checkpointing every epoch."""
     config, data, state = run.config, run.data, run.state
-    base = config["float_optimizer"] if stage == "float" else config["optimizer"]
-    stage_config = {**config, "optimizer": {**base, "lr": lr}}
-    optimizer = build_optimizer(model, stage_config)
+    optimizer = stage_optimizer(model, config, stage, lr)
     scheduler = build_scheduler(optimizer, len(data.train), epochs, config["schedule"], lr)
     if state.stage != stage:
         state.stage, state.epoch, state.best_top1 = stage, 0, -1.0
