@@ -35,7 +35,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, require_positive
 from lowbit.quant import native
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.ste import clip_backward, host_scalars
@@ -95,21 +95,19 @@ class _PACT(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, alpha, bits, signed, alpha_gradient):
         steps = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-        if host_scalars(x):
-            clip = float(alpha)
-            step = clip / steps
-            if signed and native.usable(x):  # the same arithmetic in one pass
+        scalar = host_scalars(x)
+        clip = float(alpha) if scalar else alpha
+        step = clip / steps
+        if scalar and native.usable(x):  # the same arithmetic in one pass
+            if signed:
                 out = native.uniform(x, native.ROUND_CLAMP, step, 0.0, -steps, steps)
-            elif signed:
-                out = x.div(step).round_().clamp_(-steps, steps).mul_(step)
-            elif native.usable(x):
-                out = native.uniform(x, native.CLIP_ROUND, step, 1.0 / step, 0.0, clip)
             else:
-                out = torch.nn.functional.hardtanh(x, 0.0, clip)
-                out.mul_(1.0 / step).round_().mul_(step)
+                out = native.uniform(x, native.CLIP_ROUND, step, 1.0 / step, 0.0, clip)
         elif signed:
-            step = alpha / steps
             out = x.div(step).round_().clamp_(-steps, steps).mul_(step)
+        elif scalar:
+            out = torch.nn.functional.hardtanh(x, 0.0, clip)
+            out.mul_(1.0 / step).round_().mul_(step)
         else:
             out = torch.minimum(x.relu(), alpha).mul_(steps / alpha).round_()
             out.mul_(alpha / steps)
@@ -245,8 +243,7 @@ class PACTQuantizer(_Switchable):
         alpha_gradient: str = "pact",
     ) -> None:
         super().__init__(bits, bit_widths)
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise LowbitError(f"alpha must be a positive number, got {alpha!r}")
+        require_positive(alpha, "alpha")
         if alpha_gradient not in ALPHA_GRADIENTS:
             raise LowbitError(
                 f"alpha_gradient must be one of {', '.join(ALPHA_GRADIENTS)}, "

@@ -7,7 +7,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, require_positive
 from lowbit.quant.levels import levels as make_levels
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.project import (
@@ -177,8 +177,7 @@ class RCFQuantizer(nn.Module):
         clip_input_gradient: bool = True,
     ) -> None:
         super().__init__()
-        if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not alpha > 0:
-            raise LowbitError(f"alpha must be a positive number, got {alpha!r}")
+        require_positive(alpha, "alpha")
         if normalization not in WEIGHT_NORMALIZATIONS:
             raise LowbitError(
                 f"unknown weight normalization {normalization!r}; use one of: "

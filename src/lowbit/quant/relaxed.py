@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, require_positive
 from lowbit.quant import native
 from lowbit.quant.dropbits import NO_MASK, DropBitsMasks, Run, mask_runs
 from lowbit.quant.init import lsq_step
@@ -437,8 +437,8 @@ class _LogisticGrid(nn.Module):
         super().__init__()
         if isinstance(bits, bool) or not isinstance(bits, int) or not 2 <= bits <= 8:
             raise LowbitError(f"RQ / SRQ grids need bits in 2..8, got {bits!r}")
-        if alpha is not None and not alpha > 0:
-            raise LowbitError(f"alpha must be positive (or None to start from data), got {alpha}")
+        if alpha is not None:
+            require_positive(alpha, "alpha", " (or None to start from data)")
         self.bits, self.signed = bits, signed
         self.lo, self.hi = grid_bounds(bits, signed)
         self.q_p = max(self.hi, 1)
@@ -496,10 +496,9 @@ class RQQuantizer(_LogisticGrid):
         delta: float = 3.0,
     ) -> None:
         super().__init__(bits, signed, alpha)
-        if temperature is not None and not temperature > 0:
-            raise LowbitError(f"temperature must be positive, got {temperature}")
-        if not delta > 0:
-            raise LowbitError(f"delta (window half-width in sigmas) must be positive, got {delta}")
+        if temperature is not None:
+            require_positive(temperature, "temperature")
+        require_positive(delta, "delta (window half-width in sigmas)")
         default = ANNEAL_START.get(bits, 1.0) if anneal else 1.0
         self.start_temperature = default if temperature is None else float(temperature)
         self.anneal, self.delta = anneal, delta
