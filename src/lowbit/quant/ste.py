@@ -78,9 +78,6 @@ def scale_gradient_sum(
     return flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))
 
 
-SCALE_GRADIENTS = ("rounding", "upper", "bounds")
-
-
 def clip_backward(
     grad: torch.Tensor,
     x: torch.Tensor,
