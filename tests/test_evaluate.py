@@ -108,3 +108,53 @@ def test_cli_eval_text_and_errors(tmp_path, capsys):
         assert main(["eval", *args, "--device", "cpu"]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_eval_of_a_run_directory_tests_best_pt_else_last_pt(tmp_path, capsys):
+    tiny = ["float_epochs=0", "epochs=1", "data.limit=256", "model.options.width=8",
+            "data.workers=0"]
+    assert main(["train", "--out", str(tmp_path), *(f"--set={s}" for s in tiny)]) == 0
+    (run_dir,) = tmp_path.iterdir()
+    capsys.readouterr()
+    for name in ("best.pt", "last.pt"):
+        assert main(["eval", str(run_dir), "--device", "cpu"]) == 0
+        first, result = capsys.readouterr().out.splitlines()
+        assert first == f"checkpoint: {run_dir / name}"
+        assert result.startswith("small_cnn apot 4-bit on digits (359 test images): top-1")
+        (run_dir / name).unlink()
+    assert main(["eval", str(run_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"lowbit: error: {str(run_dir)!r} holds no best.pt or last.pt; pass a checkpoint file "
+        "or a run directory of lowbit train"
+    )
+
+
+def test_eval_of_a_run_directory_names_the_checkpoint_in_the_result(tmp_path):
+    make_checkpoint(tmp_path / "last.pt", bits=3)
+    result = evaluate_checkpoint(tmp_path, device="cpu")
+    assert result["checkpoint"] == str(tmp_path / "last.pt") and result["bits"] == 3
+
+
+@pytest.mark.parametrize(
+    "payload, message",
+    [
+        (torch.zeros(3), "is not a lowbit checkpoint (no 'model' tensors)"),
+        ({"model": {}}, "has no config to rebuild its model from"),
+        ({"model": {}, "config": {"x": 1}}, "has no config to rebuild its model from"),
+    ],
+)
+def test_files_that_are_not_lowbit_checkpoints_are_one_line_errors(tmp_path, payload, message):
+    torch.save(payload, tmp_path / "c.pt")
+    with pytest.raises(LowbitError) as error:
+        evaluate_checkpoint(tmp_path / "c.pt", device="cpu")
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_a_truncated_checkpoint_is_one_line_error(tmp_path, capsys):
+    make_checkpoint(tmp_path / "c.pt")
+    data = (tmp_path / "c.pt").read_bytes()
+    (tmp_path / "c.pt").write_bytes(data[: len(data) // 2])
+    assert main(["eval", str(tmp_path / "c.pt"), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "is not a readable lowbit checkpoint" in err and len(err.splitlines()) == 1

@@ -10,8 +10,12 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
+from typing import TextIO
+
+from tqdm import tqdm
 
 from lowbit.allocator import reuse_freed_memory
 from lowbit.errors import LowbitError
@@ -19,14 +23,21 @@ from lowbit.errors import LowbitError
 
 def _train(args: argparse.Namespace) -> int:
     from lowbit.train.config import resolve_config
-    from lowbit.train.run import resume, run_training
+    from lowbit.train.run import RESUME_SETTINGS, resume, run_training
 
+    overrides = list(args.set)
+    if args.data_dir:
+        overrides.append(f"data.dir={args.data_dir}")
     if args.resume:
-        summary = resume(args.resume)
+        extra = [f"{flag} {value}" for flag, value in
+                 (("RECIPE", args.recipe), ("--init", args.init), ("--out", args.out)) if value]
+        if extra:
+            raise LowbitError(
+                f"--resume continues a run as it was configured; it takes --data-dir and "
+                f"--set of {', '.join(RESUME_SETTINGS)}, not {extra[0]}"
+            )
+        summary = resume(args.resume, overrides)
     else:
-        overrides = list(args.set)
-        if args.data_dir:
-            overrides.append(f"data.dir={args.data_dir}")
         if args.init:
             overrides.append(f"init={args.init}")
         if args.out:
@@ -78,6 +89,8 @@ def _bit_list(text: str) -> list[int]:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
     from lowbit.evaluate import evaluate_checkpoint
 
     bits = None if args.bits is None else _bit_list(args.bits)
@@ -92,7 +105,10 @@ def _eval(args: argparse.Namespace) -> int:
     )
     if args.json:
         print(json.dumps(result))
-    elif bits is not None:
+        return 0
+    if Path(args.checkpoint).is_dir():  # a run directory: say which checkpoint it chose
+        print(f"checkpoint: {result['checkpoint']}")
+    if bits is not None:
         from lowbit.adaptive.evaluation import format_bits_table
 
         trained = ", ".join(map(str, result["trained_bits"]))
@@ -239,8 +255,7 @@ def _export(args: argparse.Namespace) -> int:
 def _diagnose(args: argparse.Namespace) -> int:
     from lowbit.analysis import relaxed_diagnostics
 
-    options = ["--help" if o == "--help-options" else o for o in args.options]
-    return relaxed_diagnostics.main(options)
+    return relaxed_diagnostics.run(args)
 
 
 def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,11 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--data-dir", help="where the data set's files are")
     train.add_argument("--init", help="checkpoint to initialize from (progressive init)")
     train.add_argument("--out", help="parent directory of the run directory (default runs/)")
-    train.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run")
+    train.add_argument(
+        "--resume", metavar="RUN_DIR",
+        help="continue an interrupted run (with --data-dir or --set device, data.dir, "
+        "data.workers, progress_seconds only)",
+    )
+    _add_verbosity(train)
     train.set_defaults(handler=_train)
 
     evaluation = commands.add_parser("eval", help="top-1/top-5 of a lowbit checkpoint")
-    evaluation.add_argument("checkpoint", help="a .pt from lowbit train or lowbit import")
+    evaluation.add_argument(
+        "checkpoint",
+        help="a .pt from lowbit train or lowbit import, or a run directory (its best.pt, else "
+        "last.pt)",
+    )
     evaluation.add_argument("--data", help="data set name (default: the checkpoint's)")
     evaluation.add_argument("--data-dir", help="where the data set's files are")
     evaluation.add_argument("--batch-size", type=int, help="evaluation batch size")
@@ -327,6 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument("--data-dir", help="where the data set's files are (every row)")
     sweep.add_argument("--out", help="sweep directory (default runs/sweep-<spec or recipe>)")
+    _add_verbosity(sweep)
     sweep.set_defaults(handler=_sweep)
 
     recipes = commands.add_parser("recipes", help="list the packaged recipes and sweeps")
@@ -358,47 +383,94 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--image-size", type=int, help="input side (default: the model's data)")
     export.set_defaults(handler=_export)
 
+    # Its options are defined there; importing it costs little (lowbit.quant is loaded).
+    from lowbit.analysis import relaxed_diagnostics
+
     diagnose = commands.add_parser(
         "diagnose",
         help="SRQ Fig. 6: quantization error, distribution bias and gradient variance of "
-        "RQ, SRQ and SRQ+DropBits (e.g. --bits 3 --plot fig6.png; --help-options lists them)",
+        "RQ, SRQ and SRQ+DropBits (e.g. --bits 3 --plot fig6.png)",
+        description=relaxed_diagnostics.DESCRIPTION,
     )
+    relaxed_diagnostics.add_arguments(diagnose)
     diagnose.set_defaults(handler=_diagnose)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args, extra = parser.parse_known_args(argv)
-    if args.command == "diagnose":  # its options belong to the diagnostics module
-        args.options = extra
-    elif extra:
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    args = build_parser().parse_args(argv)
     reuse_freed_memory()
-    _show_library_notes()
+    _show_library_notes(getattr(args, "verbosity", 0))
     try:
         return args.handler(args)
     except LowbitError as error:
         print(f"lowbit: error: {error}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        hint = {
-            "train": " (resume with: lowbit train --resume RUN_DIR)",
-            "sweep": " (run the same lowbit sweep command again to continue)",
-        }.get(args.command, "")
-        print(f"lowbit: interrupted{hint}", file=sys.stderr)
+    except KeyboardInterrupt as interrupt:
+        print(f"lowbit: interrupted{_resume_hint(args.command, interrupt)}", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # e.g. `lowbit recipes | head`: the reader has all it wanted
+        # Point stdout at nothing, so that Python's flush at exit does not fail again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
-def _show_library_notes() -> None:
-    """Print what the library reports at INFO (e.g. which layers got signed input quantizers)
-    on stderr, once per command; a program importing lowbit configures logging itself."""
+def _resume_hint(command: str, interrupt: KeyboardInterrupt) -> str:
+    if command == "train":
+        resume = getattr(interrupt, "resume_command", None)
+        return f" (resume with: {resume})" if resume else " before the first checkpoint"
+    if command == "sweep":
+        return " (run the same lowbit sweep command again to continue)"
+    return ""
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to ``sys.stderr`` as it is when a record comes (callers may swap it); on a
+    terminal through tqdm, so that a line logged under a progress bar does not break it."""
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)  # no fixed stream: see ``stream``
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            if self.stream.isatty():
+                tqdm.write(self.format(record), file=self.stream)
+            else:
+                super().emit(record)
+        except Exception:  # logging's contract: a failing handler never raises
+            self.handleError(record)
+
+
+def _show_library_notes(verbosity: int) -> None:
+    """Print what the library logs (progress, epoch lines, which layers got signed input
+    quantizers) on stderr: INFO and up, DEBUG with --verbose, warnings only with --quiet.
+    A program importing lowbit configures logging itself."""
     logger = logging.getLogger("lowbit")
     if not logger.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
+        handler = _StderrHandler()
+        # In a log file each line says when it was written; a terminal shows it live.
+        stamp = "" if sys.stderr.isatty() else "%(asctime)s "
+        handler.setFormatter(logging.Formatter(stamp + "%(message)s", "%Y-%m-%d %H:%M:%S"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
+    levels = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}
+    logger.setLevel(levels[verbosity])
+
+
+def _add_verbosity(parser: argparse.ArgumentParser) -> None:
+    """``--quiet`` / ``--verbose``: how much of the library's log reaches stderr."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "-q", "--quiet", dest="verbosity", action="store_const", const=-1, default=0,
+        help="warnings and errors only (no progress, no epoch lines)",
+    )
+    group.add_argument(
+        "-v", "--verbose", dest="verbosity", action="store_const", const=1,
+        help="also debugging detail",
+    )
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,16 +10,19 @@ import torch
 from torch import nn
 
 from lowbit.adaptive.evaluation import evaluate_bit_widths
-from lowbit.adaptive.settings import AdaptiveSettings, adaptive_settings
+from lowbit.adaptive.settings import AdaptiveSettings
 from lowbit.adaptive.switchable import model_bit_widths
 from lowbit.errors import LowbitError
-from lowbit.train.build import data_from_config, model_from_config
+from lowbit.train.build import data_from_config, model_from_config, quantize_from_config
 from lowbit.train.checkpoint import load_checkpoint
-from lowbit.train.config import merge
+from lowbit.train.checks import pick_device
 from lowbit.train.loop import evaluate
-from lowbit.train.run import pick_device, quantize_from_config
+from lowbit.train.run_config import RunConfig
 
 SHOWN_NAMES = 3  # names listed per kind of mismatch; the error stays one line
+# What a run config must hold to rebuild and test its model (another program's "config" lacks
+# them).
+SECTIONS = ("model", "data")
 
 
 def _some(names: list[str]) -> str:
@@ -55,15 +58,18 @@ def load_exactly(model: nn.Module, state: dict[str, torch.Tensor], source: str) 
     model.load_state_dict(state)
 
 
-def checkpoint_config(checkpoint: dict[str, Any], source: str) -> dict[str, Any]:
-    """The resolved run config stored in a lowbit checkpoint."""
+def checkpoint_config(
+    checkpoint: dict[str, Any], source: str, *changes: Mapping[str, Any]
+) -> RunConfig:
+    """The run config stored in a lowbit checkpoint (completed for keys it predates), with
+    ``changes`` over it."""
     config = checkpoint.get("config")
-    if not isinstance(config, dict):
+    if not (isinstance(config, dict) and all(isinstance(config.get(k), dict) for k in SECTIONS)):
         raise LowbitError(
             f"{source} has no config to rebuild its model from; use a checkpoint written by "
             "lowbit train or lowbit import"
         )
-    return config
+    return RunConfig.stored(config, *changes)
 
 
 def rebuild_model(
@@ -79,6 +85,25 @@ def rebuild_model(
     return model
 
 
+# In a run directory of ``lowbit train``, the checkpoint ``lowbit eval`` tests: the best
+# quantized epoch, else the latest (a float-only or unfinished run has no best.pt).
+RUN_CHECKPOINTS = ("best.pt", "last.pt")
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """``path``, or the first of ``RUN_CHECKPOINTS`` in it when it is a directory."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    for name in RUN_CHECKPOINTS:
+        if (path / name).is_file():
+            return path / name
+    raise LowbitError(
+        f"{str(path)!r} holds no {' or '.join(RUN_CHECKPOINTS)}; pass a checkpoint file or a "
+        "run directory of lowbit train"
+    )
+
+
 def evaluate_checkpoint(
     path: str | Path,
     data: str | None = None,
@@ -88,7 +113,8 @@ def evaluate_checkpoint(
     bits: Sequence[int] | None = None,
     calibration_batches: int | None = None,
 ) -> dict[str, Any]:
-    """Top-1 / top-5 (%), loss and n of the checkpoint at ``path`` on its data's test split.
+    """Top-1 / top-5 (%), loss and n of the checkpoint at ``path`` (a file, or a run directory:
+    ``find_checkpoint``; ``"checkpoint"`` in the result names the file) on its data's test split.
 
     ``data``, ``data_dir`` and ``batch_size`` replace the config's; the input normalization
     stays the checkpoint's (``data.mean`` / ``data.std``): the model was trained with it.
@@ -97,16 +123,16 @@ def evaluate_checkpoint(
     ``calibration_batches`` training batches (default: the run's
     ``adaptive.bn_calibration_batches``).
     """
-    source = str(path)
-    checkpoint = load_checkpoint(path)
+    source = str(find_checkpoint(path))
+    checkpoint = load_checkpoint(source)
     given = (("name", data), ("dir", data_dir), ("eval_batch_size", batch_size))
     update = {key: value for key, value in given if value is not None}
-    config = merge(checkpoint_config(checkpoint, source), {"data": update})
+    config = checkpoint_config(checkpoint, source, {"data": update})
     target = pick_device(device)
     bundle = data_from_config(config, target)
-    checkpoint = {**checkpoint, "config": config}
+    checkpoint = {**checkpoint, "config": config.to_dict()}
     model = rebuild_model(checkpoint, bundle.num_classes, bundle.in_channels, source)
-    settings = adaptive_settings(config)
+    settings = config.adaptive
     if bits is not None:
         if calibration_batches is None:
             # Without an adaptive section, the default: evaluate_bit_widths then says that the
@@ -117,21 +143,21 @@ def evaluate_checkpoint(
         )
         return {
             "checkpoint": source,
-            "model": config["model"]["name"],
-            "method": config["method"],
+            "model": config.model.name,
+            "method": config.method,
             "trained_bits": list(model_bit_widths(model)),
-            "data": config["data"]["name"],
+            "data": config.data.name,
             "rows": rows,
         }
     metrics = evaluate(model.to(target), bundle.test)
     # A float stage, or a config whose bits are None (only overridden layers quantized).
-    quantized = checkpoint.get("stage", "quant") == "quant" and config["bits"] is not None
+    quantized = checkpoint.get("stage", "quant") == "quant" and config.bits is not None
     return {
         **metrics,
         "checkpoint": source,
-        "model": config["model"]["name"],
-        "method": config["method"] if quantized else "float",
+        "model": config.model.name,
+        "method": config.method if quantized else "float",
         # An adaptive network is tested at its highest bit-width.
-        "bits": (settings.bits[0] if settings else config["bits"]) if quantized else 32,
-        "data": config["data"]["name"],
+        "bits": (settings.bits[0] if settings else config.bits) if quantized else 32,
+        "data": config.data.name,
     }

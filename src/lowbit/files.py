@@ -1,9 +1,11 @@
 """Files replaced atomically: written under a temporary name beside the target, then renamed
-over it, so a reader (or a kill mid-write) sees the old file or the new one, never a part."""
+over it, so a reader (or a kill mid-write) sees the old file or the new one, never a part.
+Also the one cache folder that everything lowbit can rebuild is kept under."""
 
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -36,3 +38,22 @@ def atomic_write(path: str | Path) -> Iterator[Path]:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
+
+
+def cache_root() -> Path:
+    """Where lowbit keeps what it can rebuild (decoded data sets, compiled kernels):
+    ``$LOWBIT_CACHE`` if set, else the platform's cache folder: ``~/Library/Caches/lowbit``
+    on macOS, ``%LOCALAPPDATA%\\lowbit\\Cache`` on Windows, ``$XDG_CACHE_HOME/lowbit`` or
+    ``~/.cache/lowbit`` elsewhere."""
+    override = os.environ.get("LOWBIT_CACHE")
+    if override:
+        return Path(override).expanduser()
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Caches" / "lowbit"
+    if sys.platform == "win32":
+        local = os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local"
+        return Path(local) / "lowbit" / "Cache"
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    # The XDG spec says to ignore a relative path: it would move with the working directory.
+    base = Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "lowbit"

@@ -4,9 +4,10 @@ import pytest
 
 from lowbit.adaptive import SwitchableBatchNorm, model_bit_widths
 from lowbit.models import build_model
+from lowbit.train.build import quantize_from_config
+from lowbit.train.checks import check_config
 from lowbit.train.config import DEFAULTS, resolve_config
 from lowbit.train.recipes import find_recipe, packaged, read_yaml
-from lowbit.train.run import check_config, quantize_from_config
 
 RECIPES = sorted(name for name in packaged() if name.startswith("coquant-"))
 

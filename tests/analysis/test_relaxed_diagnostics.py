@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from lowbit import cli
 from lowbit.analysis.relaxed_diagnostics import METHODS, estimate, main
 from lowbit.errors import LowbitError
 
@@ -56,3 +57,31 @@ def test_main_prints_the_table(capsys, tmp_path):
 def test_bad_settings_raise_lowbit_error():
     with pytest.raises(LowbitError):
         estimate(bits=3, keep=1.0)
+
+
+def test_lowbit_diagnose_help_lists_the_diagnostics_options(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["diagnose", "--help"])
+    out = capsys.readouterr().out
+    assert exit_.value.code == 0 and out.startswith("usage: lowbit diagnose")
+    for option in ("--bits", "--sigma", "--temperature", "--keep", "--samples", "--seed", "--plot"):
+        assert option in out
+    assert "midpoints of a grid." in out  # the whole first paragraph of the docstring
+
+
+def test_lowbit_diagnose_runs_with_its_options(capsys):
+    assert cli.main(["diagnose", "--bits", "2", "--samples", "500", "--keep", "0.8"]) == 0
+    out = capsys.readouterr().out
+    assert "2-bit grid" in out and "Pi=0.8, 500 samples" in out and "error:SRQ" in out
+
+
+def test_lowbit_diagnose_rejects_an_unknown_option(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["diagnose", "--bogus"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_lowbit_diagnose_bad_setting_is_one_line(capsys):
+    assert cli.main(["diagnose", "--bits", "9", "--samples", "100"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lowbit: error: diagnostics need 2 <= bits <= 8") and "\n" not in err

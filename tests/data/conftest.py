@@ -11,9 +11,9 @@ import pytest
 
 @pytest.fixture(autouse=True)
 def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    cache = tmp_path / "cache"
-    monkeypatch.setenv("LOWBIT_CACHE", str(cache))
-    return cache
+    """Where this test's decoded data sets are cached (``data/`` of its own cache root)."""
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "data"
 
 
 def _pixel_value(label: int, index: int, train: bool) -> int:
@@ -30,6 +30,21 @@ def save_image(path: Path, pixels: np.ndarray) -> None:
     image_module = pytest.importorskip("PIL.Image")  # tests that write images need Pillow
     path.parent.mkdir(parents=True, exist_ok=True)
     image_module.fromarray(pixels).save(path)
+
+
+def _truncated_jpeg(path: Path, size: tuple[int, int] = (32, 32)) -> Path:
+    noise = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    save_image(path, noise)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    return path
+
+
+@pytest.fixture
+def truncated_jpeg():
+    """``truncated_jpeg(path, size=(32, 32))``: a real JPEG of noise cut to half its bytes, as
+    an interrupted copy leaves one: Pillow opens it but cannot decode it."""
+    return _truncated_jpeg
 
 
 @pytest.fixture

@@ -1,14 +1,20 @@
-"""The decode cache: where it lives, what its key covers, atomic writes, stale entries."""
+"""The cache root, and the decode cache: where it lives, what its key covers, atomic writes,
+stale entries."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from lowbit.data import cache
 from lowbit.data.cache import cache_path, load_cached, save_cached, tree_key
+from lowbit.files import cache_root
+from lowbit.quant import native
 
 
 def write_files(root, names):
@@ -18,11 +24,56 @@ def write_files(root, names):
     return [str(root / name) for name in names]
 
 
-def test_cache_dir_follows_lowbit_cache(tmp_path, monkeypatch):
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A fresh home folder and no cache settings in the environment."""
+    for name in ("LOWBIT_CACHE", "XDG_CACHE_HOME", "LOCALAPPDATA"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+def test_cache_root_is_lowbit_cache_else_the_platform_cache_folder(tmp_path, home, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert cache_root() == home / ".cache" / "lowbit"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache_root() == tmp_path / "xdg" / "lowbit"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/xdg")  # the XDG spec: ignore it
+    assert cache_root() == home / ".cache" / "lowbit"
+
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert cache_root() == home / "Library" / "Caches" / "lowbit"
+    monkeypatch.setattr(sys, "platform", "win32")
+    monkeypatch.setenv("LOCALAPPDATA", str(tmp_path / "local"))
+    assert cache_root() == tmp_path / "local" / "lowbit" / "Cache"
+
     monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "elsewhere"))
-    assert cache.cache_dir() == tmp_path / "elsewhere"
-    monkeypatch.delenv("LOWBIT_CACHE")
-    assert str(cache.cache_dir()).endswith(os.path.join(".cache", "lowbit"))
+    assert cache_root() == tmp_path / "elsewhere"
+    monkeypatch.setenv("LOWBIT_CACHE", "~/lowbit-cache")
+    assert cache_root() == home / "lowbit-cache"
+
+
+def test_decoded_data_and_compiled_kernels_live_under_the_one_root(tmp_path, home, monkeypatch):
+    monkeypatch.setattr(sys, "platform", "linux")
+    assert cache.cache_dir() == home / ".cache" / "lowbit" / "data"
+    assert native._cache_dir() == home / ".cache" / "lowbit" / "kernels"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert cache.cache_dir() == tmp_path / "xdg" / "lowbit" / "data"
+    assert native._cache_dir() == tmp_path / "xdg" / "lowbit" / "kernels"
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "root"))
+    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path / "old"))  # no longer read
+    assert cache.cache_dir() == tmp_path / "root" / "data"
+    assert native._cache_dir() == tmp_path / "root" / "kernels"
+
+
+@pytest.mark.skipif(native._compiler() is None, reason="needs a C compiler")
+def test_kernels_are_built_into_the_cache_root(tmp_path, monkeypatch):
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path / "root"))
+    built = native._build(native._compiler())
+    assert built.parent == tmp_path / "root" / "kernels"
+    assert [p.name for p in built.parent.iterdir()] == [built.name]
+    shutil.rmtree(tmp_path / "root")  # clearing the cache is removing the folder
+    assert native._build(native._compiler()).is_file()
 
 
 def test_tree_key_changes_with_names_sizes_and_mtimes_but_not_root_spelling(

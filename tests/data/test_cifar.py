@@ -134,7 +134,8 @@ def test_an_image_tree_with_the_wrong_class_count_or_size_is_refused(tmp_path, m
     with pytest.raises(LowbitError, match="2 class folders but cifar10 has 10"):
         build_data("cifar10", data_dir=str(tmp_path / "a"))
     make_tree(tmp_path / "b", CIFAR10_CLASSES, train_per_class=1, test_per_class=1, size=(28, 28))
-    with pytest.raises(LowbitError, match="28x28 RGB image but cifar10 images are 32x32 RGB"):
+    expected = "airplane holds 28x28 RGB images but cifar10 images are 32x32 RGB"
+    with pytest.raises(LowbitError, match=expected):
         build_data("cifar10", data_dir=str(tmp_path / "b"))
 
 

@@ -10,7 +10,7 @@ import torch
 
 from lowbit.data import build_data
 from lowbit.data import image_folder as image_folder_module
-from lowbit.data.folders import class_order, find_tree, list_samples
+from lowbit.data.folders import BadFiles, class_order, find_tree, list_samples
 from lowbit.data.image_folder import channel_stats, decode_images
 from lowbit.data.stream import StreamLoader
 from lowbit.errors import LowbitError
@@ -82,12 +82,15 @@ def test_grey_images_give_one_channel_and_jpeg_and_val_split_work(tmp_path, make
 def test_pool_decoding_matches_in_process_decoding(tmp_path, make_tree):
     make_tree(tmp_path, ["a", "b"], train_per_class=3)
     files = [path for path, _ in list_samples(tmp_path / "train", ["a", "b"])]
-    alone = decode_images(files, "RGB", workers=1)
-    pooled = decode_images(files, "RGB", workers=2, chunk=2)
+    alone, kept = decode_images(files, "RGB", workers=1, bad_files=BadFiles())
+    pooled, kept_pooled = decode_images(files, "RGB", workers=2, bad_files=BadFiles(), chunk=2)
     assert torch.equal(alone, pooled)
+    assert kept == kept_pooled == list(range(6))
     make_tree(tmp_path, ["c"], train_per_class=1, size=(30, 32))
     with pytest.raises(LowbitError, match=r"differ in size \(30x32, 32x32\)"):
-        decode_images([*files, str(tmp_path / "train" / "c" / "0000.png")], "RGB", 2, chunk=2)
+        decode_images(
+            [*files, str(tmp_path / "train" / "c" / "0000.png")], "RGB", 2, BadFiles(), chunk=2
+        )
 
 
 def test_second_build_reads_the_cache_and_a_changed_tree_is_decoded_again(

@@ -180,12 +180,13 @@ def test_not_usable_for_other_dtypes_devices_and_shapes():
 
 
 def test_build_is_cached(tmp_path, monkeypatch):
-    monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
     compiler = native._compiler()
     first = native._build(compiler)
     stamp = first.stat().st_mtime_ns
     assert native._build(compiler) == first and first.stat().st_mtime_ns == stamp
-    assert [p.name for p in tmp_path.iterdir()] == [first.name]  # no partial files left
+    kernels = tmp_path / "kernels"
+    assert [p.name for p in kernels.iterdir()] == [first.name]  # no partial files left
 
 
 def test_disabled_or_no_compiler_falls_back(monkeypatch):
@@ -210,12 +211,12 @@ def test_disabled_or_no_compiler_falls_back(monkeypatch):
 def test_failed_build_warns_and_falls_back(tmp_path, monkeypatch):
     native.library.cache_clear()
     try:
-        monkeypatch.setenv("LOWBIT_CACHE_DIR", str(tmp_path))
+        monkeypatch.setenv("LOWBIT_CACHE", str(tmp_path))
         monkeypatch.setattr(native, "SOURCE", tmp_path / "broken.c")
         (tmp_path / "broken.c").write_text("this is not C\n")
         with pytest.warns(UserWarning, match="building the CPU kernels failed"):
             assert native.library() is None
-        assert not list(tmp_path.glob("*.so"))
+        assert not list(tmp_path.rglob("*.so"))
     finally:
         native.library.cache_clear()
 
@@ -296,7 +297,7 @@ def test_unwritable_cache_warns_and_falls_back(tmp_path, monkeypatch):
     try:
         blocked = tmp_path / "file"
         blocked.write_text("")  # a file where the cache directory should be
-        monkeypatch.setenv("LOWBIT_CACHE_DIR", str(blocked / "lowbit"))
+        monkeypatch.setenv("LOWBIT_CACHE", str(blocked / "lowbit"))
         with pytest.warns(UserWarning, match="building the CPU kernels failed"):
             assert native.library() is None
     finally:

@@ -1,12 +1,21 @@
 """Config resolution, method presets and lr schedules."""
 
 import math
+from dataclasses import FrozenInstanceError, fields
 
 import pytest
 
 from lowbit import LowbitError
 from lowbit.train.config import DEFAULTS, resolve_config
 from lowbit.train.optim import lr_factor
+from lowbit.train.run_config import (
+    DataConfig,
+    ModelConfig,
+    OptimizerConfig,
+    QuantizerOptimConfig,
+    RunConfig,
+    ScheduleConfig,
+)
 
 
 def test_overrides_parse_yaml_values_and_nest():
@@ -90,3 +99,31 @@ def test_uniq_and_lsq_step_sizes_get_no_weight_decay():
             config = resolve_config(None, [f"method={method}", f"bits={bits}"])
             assert config["quantizer_optim"]["weight_decay"] == 0.0
     assert resolve_config(None, ["method=apot"])["quantizer_optim"]["weight_decay"] == 1e-4
+
+
+def test_run_config_has_a_typed_field_for_every_default():
+    """RunConfig mirrors DEFAULTS key for key, so a new setting cannot be left untyped."""
+
+    def names(cls):
+        return {f.name for f in fields(cls)}
+
+    assert names(RunConfig) - {"source"} == set(DEFAULTS)
+    assert names(ModelConfig) == set(DEFAULTS["model"])
+    assert names(DataConfig) == set(DEFAULTS["data"])
+    assert names(OptimizerConfig) == set(DEFAULTS["optimizer"])
+    assert names(OptimizerConfig) - {"lr"} == set(DEFAULTS["float_optimizer"])
+    assert names(QuantizerOptimConfig) == set(DEFAULTS["quantizer_optim"])
+    assert names(ScheduleConfig) == set(DEFAULTS["schedule"])
+    config = RunConfig.parse(DEFAULTS)
+    assert config.to_dict() == DEFAULTS and config.optimizer.betas == (0.9, 0.999)
+    with pytest.raises(FrozenInstanceError):
+        config.epochs = 3
+
+
+def test_a_stored_config_gets_the_keys_it_predates():
+    """A config.yaml written before validation splits existed trained on every image."""
+    old = {key: value for key, value in DEFAULTS.items() if key not in ("amp", "max_steps")}
+    old["data"] = {k: v for k, v in DEFAULTS["data"].items() if k != "val_fraction"}
+    config = RunConfig.stored(old)
+    assert config.data.val_fraction == 0 and config.amp is None and config.max_steps is None
+    assert RunConfig.stored(DEFAULTS).data.val_fraction == DEFAULTS["data"]["val_fraction"]

@@ -106,14 +106,14 @@ def test_packaged_sweep_is_a_progressive_chain(name, tmp_path):
     5 -> 4 -> 3 -> 2 on ImageNet)."""
     rows = load_spec(name)
     configs = row_configs(rows, [], tmp_path)
-    if configs[rows[0].name]["epochs"]:  # ImageNet: --set init gives the 5-bit row's start
+    if configs[rows[0].name].epochs:  # ImageNet: --set init gives the 5-bit row's start
         configs = row_configs(rows, ["init=start.pt"], tmp_path)
-        assert configs[rows[0].name]["init"] == "start.pt"
+        assert configs[rows[0].name].init == "start.pt"
     assert [row.init for row in rows[1:]] == [row.name for row in rows[:-1]]
-    bits = [configs[row.name]["bits"] if configs[row.name]["epochs"] else 32 for row in rows]
+    bits = [configs[row.name].bits if configs[row.name].epochs else 32 for row in rows]
     assert bits in ([32, 4, 3, 2], [5, 4, 3, 2])
     for row in rows[1:]:
-        assert configs[row.name]["init"].startswith(str(tmp_path / row.init))
+        assert configs[row.name].init.startswith(str(tmp_path / row.init))
 
 
 def test_recipe_found_by_name_path_or_local_file(tmp_path, monkeypatch):

@@ -7,8 +7,9 @@ import torch
 
 from lowbit import LowbitError
 from lowbit.train import run as run_module
+from lowbit.train.checks import check_config
 from lowbit.train.config import resolve_config
-from lowbit.train.run import check_config, run_training
+from lowbit.train.run import run_training
 
 FAST = ["float_epochs=0", "epochs=1", "data.limit=256", "model.options.width=8", "data.workers=0"]
 

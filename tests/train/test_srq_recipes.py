@@ -4,10 +4,11 @@ import pytest
 from torch import nn
 
 from lowbit.models import build_model
+from lowbit.train.build import quantize_from_config
+from lowbit.train.checks import check_config
 from lowbit.train.config import DEFAULTS, resolve_config
 from lowbit.train.optim import lr_factor
 from lowbit.train.recipes import find_recipe, packaged, read_yaml
-from lowbit.train.run import check_config, quantize_from_config
 from lowbit.train.sweep import load_spec
 
 RECIPES = sorted(name for name in packaged() if name.startswith(("rq-", "srq-")))

@@ -6,9 +6,10 @@ import pytest
 from torch import nn
 
 from lowbit.models import build_model
+from lowbit.train.build import quantize_from_config
+from lowbit.train.checks import check_config
 from lowbit.train.config import DEFAULTS, resolve_config
 from lowbit.train.recipes import find_recipe, packaged, read_yaml
-from lowbit.train.run import check_config, quantize_from_config
 from lowbit.train.sweep import load_spec, row_configs
 
 RECIPES = sorted(name for name in packaged() if name.startswith(("uniq-", "lsq-")))
@@ -139,8 +140,8 @@ def test_table4_sweep_starts_multibit_from_float_and_binary_from_2bit(tmp_path):
     configs = row_configs(list(rows.values()), [], tmp_path)
     assert set(rows) == {n for n in PAPER_TOP1 if n.count("-") == 3 and CIFAR in n}
     for name, row in rows.items():
-        bits = configs[name]["bits"] if configs[name]["epochs"] else None
+        bits = configs[name].bits if configs[name].epochs else None
         expected = {None: None, 1: f"uniq-{CIFAR}-2bit"}.get(bits, f"uniq-{CIFAR}-float")
         assert row.init == expected, name
         if expected:
-            assert pathlib.Path(configs[name]["init"]).parent == tmp_path / expected
+            assert pathlib.Path(configs[name].init).parent == tmp_path / expected

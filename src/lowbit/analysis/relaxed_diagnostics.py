@@ -37,6 +37,7 @@ from lowbit.errors import LowbitError
 from lowbit.quant.dropbits import NO_MASK, hard_concrete_sample, mask_count, mask_groups, mask_runs
 from lowbit.quant.relaxed import grid_bounds, log_cell_probability, srq_argmax
 
+DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, for --help
 METHODS = ("RQ", "SRQ", "SRQ+DropBits")
 METRICS = {
     "error": "quantization error E|x - x_hat|",
@@ -175,17 +176,25 @@ def save_plot(rows: list[Estimate], path: str) -> bool:
     return True
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """``lowbit``-style entry point: print the Figure 6 table, optionally save the plot."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--bits", type=int, default=3)
-    parser.add_argument("--sigma", type=float, default=1 / 3, help="in units of alpha")
-    parser.add_argument("--temperature", type=float, default=1.0, help="RQ's tau")
-    parser.add_argument("--keep", type=float, default=0.9, help="DropBits keep probability Pi")
-    parser.add_argument("--samples", type=int, default=20000)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--plot", help="save the three panels to this image file")
-    args = parser.parse_args(argv)
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The diagnostics' options, on ``parser`` (``lowbit diagnose`` and ``main``)."""
+    parser.add_argument("--bits", type=int, default=3, help="weight grid bits, 2-8 (default 3)")
+    parser.add_argument(
+        "--sigma", type=float, default=1 / 3, help="in units of alpha (default 1/3)"
+    )
+    parser.add_argument("--temperature", type=float, default=1.0, help="RQ's tau (default 1)")
+    parser.add_argument(
+        "--keep", type=float, default=0.9, help="DropBits keep probability Pi (default 0.9)"
+    )
+    parser.add_argument(
+        "--samples", type=int, default=20000, help="Monte Carlo draws (default 20000)"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    parser.add_argument("--plot", metavar="FILE", help="save the three panels to this image")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Print the Figure 6 table for the options of ``add_arguments``; save the plot if asked."""
     rows = estimate(args.bits, args.sigma, args.temperature, args.keep, args.samples, args.seed)
     print(
         f"SRQ Fig. 6, {args.bits}-bit grid, alpha=1, sigma={args.sigma:.3g}, "
@@ -198,6 +207,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             print("matplotlib is not installed (pip install 'lowbit[plot]'); no plot saved")
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m lowbit.analysis.relaxed_diagnostics``, the same as ``lowbit diagnose``."""
+    parser = argparse.ArgumentParser(description=DESCRIPTION)
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
 
 
 if __name__ == "__main__":

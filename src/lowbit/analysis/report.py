@@ -85,7 +85,7 @@ def _from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
     # The data set is not needed: the first and last layers' shapes give its classes and
     # channels (every zoo model starts with a conv and ends with a linear layer).
     with torch.device("meta"):
-        skeleton = build_model(config["model"]["name"], **config["model"]["options"])
+        skeleton = build_model(config.model.name, **config.model.options)
     names = [name for name, _ in quantizable_layers(skeleton)]
     state = checkpoint["model"]
     try:
@@ -93,18 +93,17 @@ def _from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
             skeleton.get_submodule(names[0]), "groups", 1)
         num_classes = state[f"{names[-1]}.weight"].shape[0]
     except (IndexError, KeyError):
-        name = config["model"]["name"]
-        raise LowbitError(f"{path!r} does not hold the layers of {name}") from None
+        raise LowbitError(f"{path!r} does not hold the layers of {config.model.name}") from None
     model = rebuild_model(checkpoint, num_classes, in_channels, path)
-    quantized = checkpoint.get("stage", "quant") == "quant" and config.get("bits") is not None
+    quantized = checkpoint.get("stage", "quant") == "quant" and config.bits is not None
     info = {
-        "name": config["model"]["name"],
-        "options": dict(config["model"]["options"]),
+        "name": config.model.name,
+        "options": dict(config.model.options),
         "num_classes": int(num_classes),
         "in_channels": int(in_channels),
-        "method": config["method"] if quantized else "float",
-        "bits": config["bits"] if quantized else 32,
-        "image_size": DATA_IMAGE_SIZE.get(config["data"]["name"], DEFAULT_IMAGE_SIZE),
+        "method": config.method if quantized else "float",
+        "bits": config.bits if quantized else 32,
+        "image_size": DATA_IMAGE_SIZE.get(config.data.name, DEFAULT_IMAGE_SIZE),
     }
     return model, info
 

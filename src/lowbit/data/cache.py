@@ -1,8 +1,9 @@
 """Decoded data sets on disk, keyed by the files they came from.
 
 Decoding tens of thousands of small JPEGs takes a minute; loading the resulting uint8 tensor
-takes a fraction of a second. Entries live in ``$LOWBIT_CACHE`` (default ``~/.cache/lowbit``)
-rather than beside the data, because data directories are often read-only.
+takes a fraction of a second. Entries live in ``data/`` of the lowbit cache folder
+(``$LOWBIT_CACHE``, default ``~/.cache/lowbit``: ``lowbit.files.cache_root``) rather than
+beside the data, because data directories are often read-only.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from typing import Any
 
 import torch
 
+from lowbit.files import cache_root
+
 
 def cache_dir() -> Path:
-    """``$LOWBIT_CACHE`` if set, else ``~/.cache/lowbit``."""
-    return Path(os.environ.get("LOWBIT_CACHE") or Path.home() / ".cache" / "lowbit")
+    return cache_root() / "data"
 
 
 def tree_key(root: Path, files: Sequence[str]) -> str:

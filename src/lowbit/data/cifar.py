@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lowbit.data.bundle import tensor_bundle
-from lowbit.data.folders import find_tree, list_samples, require_dir
+from lowbit.data.folders import BadFiles, find_tree, list_samples, require_dir
 from lowbit.data.image_folder import decoded_tree, probe
 from lowbit.data.registry import DataBundle, DataOptions, register_dataset
 from lowbit.errors import LowbitError
@@ -108,8 +108,9 @@ def load_pickles(folder: Path, spec: CifarSpec):
     )
 
 
-def load_tree(data_dir: Path, spec: CifarSpec, workers: int):
-    """The same four tensors from a JPEG/PNG tree of 32x32 colour images (decoded, cached)."""
+def load_tree(data_dir: Path, spec: CifarSpec, workers: int, bad_files: BadFiles):
+    """The same four tensors from a JPEG/PNG tree of 32x32 colour images (decoded, cached);
+    files that cannot be decoded go to ``bad_files``."""
     tree = find_tree(data_dir, spec.classes)
     if tree is None:
         raise LowbitError(f"expected {spec.expected}, in {data_dir}")
@@ -118,14 +119,14 @@ def load_tree(data_dir: Path, spec: CifarSpec, workers: int):
             f"{tree.train} has {len(tree.classes)} class folders but {spec.name} has "
             f"{spec.num_classes}; use --data image_folder for other trees"
         )
-    first, _ = list_samples(tree.train, tree.classes[:1])[0]
-    mode, width, height = probe(first)
+    first_class = [path for path, _ in list_samples(tree.train, tree.classes[:1])]
+    mode, width, height = probe(first_class, bad_files)
     if (mode, width, height) != ("RGB", 32, 32):
         raise LowbitError(
-            f"{first} is a {width}x{height} {mode} image but {spec.name} images are 32x32 RGB; "
-            "use --data image_folder for other images"
+            f"{tree.train / tree.classes[0]} holds {width}x{height} {mode} images but "
+            f"{spec.name} images are 32x32 RGB; use --data image_folder for other images"
         )
-    data = decoded_tree(tree, workers)
+    data = decoded_tree(tree, workers, bad_files)
     return data["train_images"], data["train_labels"], data["test_images"], data["test_labels"]
 
 
@@ -133,23 +134,25 @@ def cifar_bundle(
     tensors: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor],
     options: DataOptions,
     spec: CifarSpec,
+    bad_files: BadFiles | None = None,
 ) -> DataBundle:
     """The loaders of ``spec``'s four tensors as ``lowbit train`` builds them: normalized with
     the spec's statistics, training batches pad-4 random-cropped and flipped."""
     return tensor_bundle(
         *tensors, options, num_classes=spec.num_classes, mean=spec.mean, std=spec.std,
-        pad=4, flip=True,
+        pad=4, flip=True, bad_files=bad_files,
     )
 
 
 def build_cifar(options: DataOptions, spec: CifarSpec) -> DataBundle:
     data_dir = require_dir(options.data_dir, spec.name, spec.expected)
     folder = find_pickle_folder(data_dir, spec)
+    bad_files = BadFiles(options.skip_bad_files)
     if folder is not None:
         tensors = load_pickles(folder, spec)
     else:
-        tensors = load_tree(data_dir, spec, options.workers)
-    return cifar_bundle(tensors, options, spec)
+        tensors = load_tree(data_dir, spec, options.workers, bad_files)
+    return cifar_bundle(tensors, options, spec, bad_files)
 
 
 @register_dataset("cifar10")

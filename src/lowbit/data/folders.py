@@ -1,17 +1,18 @@
 """Image-folder trees on disk: ``train/<class>/*.jpg`` beside ``test/<class>/`` or ``val/<class>/``.
 
 Shared by every builder that reads image files (``image_folder``, ``imagenet``, and
-``cifar10``/``cifar100`` given JPEG/PNG trees): where the tree is, what its classes are, and
-which files belong to each split.
+``cifar10``/``cifar100`` given JPEG/PNG trees): where the tree is, what its classes are,
+which files belong to each split, and what happens to a file that cannot be decoded.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from lowbit.errors import LowbitError
 
@@ -38,6 +39,41 @@ def pillow() -> ModuleType:
     except ImportError as error:
         raise LowbitError("reading image files needs Pillow; run `pip install pillow`") from error
     return Image
+
+
+@dataclass
+class BadFiles:
+    """Image files that could not be decoded: each is an error naming it, or, with ``skip``
+    (``data.skip_bad_files``), left out and recorded so that the run can report them."""
+
+    skip: bool = False
+    skipped: dict[str, str] = field(default_factory=dict)  # path: why it could not be decoded
+
+    def report(self, path: str, reason: str) -> None:
+        """Raise the error for ``path``, or with ``skip`` record it as skipped."""
+        if not self.skip:
+            raise LowbitError(
+                f"cannot decode image '{path}': {reason}; "
+                "remove it or set data.skip_bad_files: true"
+            )
+        self.skipped[path] = reason
+
+
+def decode_image(path: str, mode: str) -> tuple[Any, str]:
+    """``(image, "")``: the image file at ``path`` decoded and converted to ``mode``; or
+    ``(None, reason)`` when it cannot be, so that a worker process can hand the failure to the
+    main process, which reports it (raised in a worker, it would arrive as a traceback)."""
+    image_module = pillow()
+    try:
+        with image_module.open(path) as file:
+            return file.convert(mode), ""
+    except Exception as error:  # Pillow signals corrupt data with many types (OSError, ...)
+        return None, describe(error)
+
+
+def describe(error: Exception) -> str:
+    """``error``'s message on one line (its type's name when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def require_dir(data_dir: str | None, name: str, expected: str) -> Path:
@@ -87,6 +123,11 @@ def _tree_at(root: Path, standard: Sequence[str] | None) -> FolderTree | None:
             f"{test} must hold one folder per class named as in {train} "
             f"(unexpected: {', '.join(unknown) or 'no class folders'})"
         )
+    if len(classes) < 2:
+        raise LowbitError(
+            f"{train} has one class folder ({classes[0]}); a classifier needs at least 2 "
+            "classes, one folder each"
+        )
     return FolderTree(root, train, test, class_order(classes, standard))
 
 
@@ -98,6 +139,11 @@ def find_tree(data_dir: Path, standard: Sequence[str] | None = None) -> FolderTr
     tree = _tree_at(data_dir, standard)
     if tree is not None:
         return tree
+    if (data_dir / "train").is_dir():
+        raise LowbitError(
+            f"{data_dir} has train/ but no {' or '.join(f'{s}/' for s in TEST_SPLITS)} beside "
+            "it; put the evaluation images in test/<class>/"
+        )
     children = sorted(p for p in data_dir.iterdir() if p.is_dir() and (p / "train").is_dir())
     found = [t for t in (_tree_at(child, standard) for child in children) if t is not None]
     if len(found) > 1:

@@ -1,13 +1,15 @@
-"""Data sets by name: each builder returns a ``DataBundle`` of train and test loaders."""
+"""Data sets by name: each builder returns a ``DataBundle`` of train, validation and test
+loaders."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 import torch
 
+from lowbit.data.folders import BadFiles
 from lowbit.errors import LowbitError
 
 
@@ -23,11 +25,24 @@ class BatchLoader(Protocol):
 
 @dataclass
 class DataBundle:
+    """The loaders of a data set. ``val`` evaluates the ``val_size`` training images held out
+    by ``DataOptions.val_fraction`` (``None`` without); ``bad_files`` holds the image files
+    left out as unreadable (``DataOptions.skip_bad_files``)."""
+
     train: BatchLoader
     test: BatchLoader
     num_classes: int
     in_channels: int
     image_size: int
+    val: BatchLoader | None = None
+    val_size: int = 0
+    bad_files: BadFiles = field(default_factory=BadFiles)
+
+    @property
+    def skipped_files(self) -> int:
+        """Image files left out as unreadable. Streamed data sets decode as they go: there it
+        counts those this process has met so far (it grows during the first epoch)."""
+        return len(self.bad_files.skipped)
 
 
 @dataclass(frozen=True)
@@ -45,6 +60,21 @@ class DataOptions:
     workers: int = 4
     mean: Sequence[float] | None = None  # per-channel input normalization instead of the
     std: Sequence[float] | None = None  # data set's own (e.g. the values a checkpoint used)
+    # Fraction of the (limited) training images held out for validation, chosen by `seed`.
+    val_fraction: float = 0.0
+    eval_limit: int | None = None  # evaluate only the first `eval_limit` val and test images
+    skip_bad_files: bool = False  # leave out (and count) image files that cannot be decoded
+
+    def __post_init__(self) -> None:
+        fraction, limit = self.val_fraction, self.eval_limit
+        number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+        if not (number and 0 <= fraction < 1):
+            raise LowbitError(
+                f"data.val_fraction must be at least 0 and below 1, got {fraction!r}"
+            )
+        whole = isinstance(limit, int) and not isinstance(limit, bool)
+        if limit is not None and not (whole and limit > 0):
+            raise LowbitError(f"data.eval_limit must be a positive whole number, got {limit!r}")
 
     def normalization(
         self, mean: Sequence[float], std: Sequence[float]

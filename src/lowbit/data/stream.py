@@ -6,6 +6,10 @@ Inception-style random-resized crop (random area 8-100%, aspect 3/4-4/3, resized
 output size) with a horizontal flip; evaluation resizes the shorter side to 256/224 of the
 output and takes the centre. Each sample's randomness is drawn from ``(seed, epoch, index)``,
 so an epoch is reproducible whatever the number of workers.
+
+A file that cannot be decoded is found only when a batch reaches it: the worker hands the
+failure on with the batch, and the loader raises the one-line error, or, when bad files are
+skipped, leaves the sample out of its batch and records it.
 """
 
 from __future__ import annotations
@@ -17,8 +21,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from lowbit.data.folders import FolderTree, list_samples, pillow
+from lowbit.data.folders import BadFiles, FolderTree, decode_image, list_samples, pillow
 from lowbit.data.registry import DataBundle, DataOptions
+from lowbit.data.split import validation_split
+from lowbit.errors import LowbitError
 
 CROP_SCALE = (0.08, 1.0)
 CROP_RATIO = (3 / 4, 4 / 3)
@@ -74,7 +80,9 @@ def eval_transform(image, size: int):
 
 
 class ImageFiles(Dataset):
-    """``(uint8 [3, size, size] image, label)`` for each ``(path, label)`` sample."""
+    """``(uint8 [3, size, size] image, label, index, reason)`` for each ``(path, label)``
+    sample: ``reason`` is "" or why the file could not be decoded (the image is then black),
+    for the loader to report in the main process."""
 
     def __init__(
         self, samples: Sequence[tuple[str, int]], train: bool, size: int, seed: int = 0
@@ -85,23 +93,25 @@ class ImageFiles(Dataset):
     def __len__(self) -> int:
         return len(self.samples)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, int, str]:
         path, label = self.samples[index]
-        with pillow().open(path) as file:
-            image = file.convert("RGB")
+        image, reason = decode_image(path, "RGB")
+        if image is None:
+            return torch.zeros(3, self.size, self.size, dtype=torch.uint8), label, index, reason
         if self.train:
             rng = np.random.default_rng((self.seed, self.epoch, index))
             image = train_transform(image, self.size, rng)
         else:
             image = eval_transform(image, self.size)
-        return torch.from_numpy(np.array(image)).permute(2, 0, 1), label
+        return torch.from_numpy(np.array(image)).permute(2, 0, 1), label, index, ""
 
 
 class StreamLoader:
     """A ``BatchLoader`` over ``ImageFiles``: normalized float batches on ``device``.
 
     A shuffled loader draws through a ``DistributedSampler`` (one replica when not
-    distributed), whose ``set_epoch`` reshuffles; an unshuffled one reads in order.
+    distributed), whose ``set_epoch`` reshuffles; an unshuffled one reads in order. Files that
+    cannot be decoded go to ``bad_files``: an error, or left out of their batches.
     """
 
     def __init__(
@@ -116,8 +126,12 @@ class StreamLoader:
         rank: int = 0,
         world_size: int = 1,
         workers: int = 4,
+        bad_files: BadFiles | None = None,
     ) -> None:
         self.dataset, self.device = dataset, torch.device(device)
+        self.bad_files = BadFiles() if bad_files is None else bad_files
+        # Processes of a distributed run must take the same number of steps.
+        self.lockstep = shuffle and world_size > 1
         self.sampler = (
             DistributedSampler(
                 dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=seed,
@@ -143,9 +157,29 @@ class StreamLoader:
             self.sampler.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for images, labels in self.loader:
+        for images, labels, indices, reasons in self.loader:
+            if any(reasons):
+                readable = self._readable(indices, reasons)
+                if not readable.any():
+                    continue
+                images, labels = images[readable], labels[readable]
             images = images.to(self.device, non_blocking=True)
             yield (images.float() - self.mean) / self.std, labels.to(self.device, non_blocking=True)
+
+    def _readable(self, indices: torch.Tensor, reasons: Sequence[str]) -> torch.Tensor:
+        """Which samples of a batch decoded; the others are reported to ``bad_files``."""
+        paths = [self.dataset.samples[index][0] for index in indices.tolist()]
+        for path, reason in zip(paths, reasons):
+            if reason:
+                self.bad_files.report(path, reason)
+        readable = torch.tensor([not reason for reason in reasons])
+        if self.lockstep and not readable.any():
+            raise LowbitError(
+                f"no image of a training batch could be decoded (the first: '{paths[0]}'); "
+                "processes of a distributed run cannot leave out a whole batch: remove the "
+                "bad files"
+            )
+        return readable
 
 
 def stream_bundle(
@@ -154,21 +188,35 @@ def stream_bundle(
     mean: Sequence[float],
     std: Sequence[float],
     size: int = 224,
+    bad_files: BadFiles | None = None,
 ) -> DataBundle:
-    """Streaming train/test loaders for ``tree``; every process evaluates the whole test split."""
+    """Streaming train, validation and test loaders for ``tree``, as ``tensor_bundle`` makes
+    them: ``limit``, then the validation split, then ``eval_limit``; every process evaluates
+    the whole validation and test sets. ``bad_files`` may hold files already found bad."""
+    bad_files = BadFiles(options.skip_bad_files) if bad_files is None else bad_files
     train_samples = list_samples(tree.train, tree.classes)
     if options.limit:
         train_samples = train_samples[: options.limit]
-    test_samples = list_samples(tree.test, tree.classes)
     mean, std = options.normalization(mean, std)
     common = dict(mean=mean, std=std, device=options.device, seed=options.seed,
-                  workers=options.workers)
+                  workers=options.workers, bad_files=bad_files)
+
+    def evaluation(samples: list[tuple[str, int]]) -> StreamLoader:
+        dataset = ImageFiles(samples[: options.eval_limit], train=False, size=size)
+        return StreamLoader(dataset, options.eval_batch_size, **common)
+
+    val, val_size = None, 0
+    if options.val_fraction:
+        kept, held = validation_split(len(train_samples), options)
+        val, val_size = evaluation([train_samples[i] for i in held.tolist()]), len(held)
+        train_samples = [train_samples[i] for i in kept.tolist()]
     train = StreamLoader(
         ImageFiles(train_samples, train=True, size=size, seed=options.seed),
         options.batch_size, shuffle=True, rank=options.rank, world_size=options.world_size,
         **common,
     )
-    test = StreamLoader(
-        ImageFiles(test_samples, train=False, size=size), options.eval_batch_size, **common
+    test = evaluation(list_samples(tree.test, tree.classes))
+    return DataBundle(
+        train, test, len(tree.classes), in_channels=3, image_size=size, val=val,
+        val_size=val_size, bad_files=bad_files,
     )
-    return DataBundle(train, test, len(tree.classes), in_channels=3, image_size=size)

@@ -31,8 +31,7 @@ def classifier(in_features: int, hidden: int, num_classes: int) -> list[nn.Modul
 
 
 @register_model
-def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
-           **_: object) -> nn.Module:
+def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28) -> nn.Module:
     """32C5-MP2-64C5-MP2-512FC with unpadded convs: 28x28 -> 24 -> 12 -> 8 -> 4."""
     side = ((image_size - 4) // 2 - 4) // 2
     model = nn.Sequential(
@@ -45,8 +44,7 @@ def lenet5(num_classes: int = 10, in_channels: int = 1, image_size: int = 28,
 
 
 @register_model
-def vgg7(num_classes: int = 10, in_channels: int = 3, image_size: int = 32,
-         **_: object) -> nn.Module:
+def vgg7(num_classes: int = 10, in_channels: int = 3, image_size: int = 32) -> nn.Module:
     """2x128C3-MP2-2x256C3-MP2-2x512C3-MP2-1024FC with padded convs: 32x32 -> 4x4."""
     layers: list[nn.Module] = []
     channels = in_channels

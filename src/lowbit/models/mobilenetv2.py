@@ -87,12 +87,12 @@ class MobileNetV2(nn.Module):
 
 
 @register_model
-def mobilenetv2(num_classes: int = 1000, in_channels: int = 3, width_mult: float = 1.0,
-                **_: object) -> nn.Module:
+def mobilenetv2(num_classes: int = 1000, in_channels: int = 3,
+                width_mult: float = 1.0) -> nn.Module:
     return MobileNetV2(num_classes, in_channels, width_mult)
 
 
 @register_model
-def mobilenetv2_cifar(num_classes: int = 10, in_channels: int = 3, width_mult: float = 1.0,
-                      **_: object) -> nn.Module:
+def mobilenetv2_cifar(num_classes: int = 10, in_channels: int = 3,
+                      width_mult: float = 1.0) -> nn.Module:
     return MobileNetV2(num_classes, in_channels, width_mult, CIFAR_STAGES, stem_stride=1)

@@ -64,5 +64,5 @@ class PreActResNet(nn.Module):
 
 
 @register_model
-def preact_resnet32(num_classes: int = 100, in_channels: int = 3, **_: object) -> nn.Module:
+def preact_resnet32(num_classes: int = 100, in_channels: int = 3) -> nn.Module:
     return PreActResNet(32, num_classes, in_channels)

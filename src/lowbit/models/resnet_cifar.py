@@ -25,37 +25,32 @@ def cifar_resnet(depth: int, num_classes: int, in_channels: int, shortcut: str) 
 
 
 @register_model
-def resnet20(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv",
-             **_: object) -> nn.Module:
+def resnet20(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv") -> nn.Module:
     return cifar_resnet(20, num_classes, in_channels, shortcut)
 
 
 @register_model
-def resnet32(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv",
-             **_: object) -> nn.Module:
+def resnet32(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv") -> nn.Module:
     return cifar_resnet(32, num_classes, in_channels, shortcut)
 
 
 @register_model
-def resnet44(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv",
-             **_: object) -> nn.Module:
+def resnet44(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv") -> nn.Module:
     return cifar_resnet(44, num_classes, in_channels, shortcut)
 
 
 @register_model
-def resnet56(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv",
-             **_: object) -> nn.Module:
+def resnet56(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv") -> nn.Module:
     return cifar_resnet(56, num_classes, in_channels, shortcut)
 
 
 @register_model
-def resnet110(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv",
-              **_: object) -> nn.Module:
+def resnet110(num_classes: int = 10, in_channels: int = 3, shortcut: str = "conv") -> nn.Module:
     return cifar_resnet(110, num_classes, in_channels, shortcut)
 
 
 @register_model
-def resnet18_cifar(num_classes: int = 10, in_channels: int = 3, **_: object) -> nn.Module:
+def resnet18_cifar(num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     """ResNet-18 with a 3x3/1 stem and no max-pool (CoQuant's CIFAR-10 setup); keys equal
     torchvision's ``resnet18`` except ``conv1.weight``'s kernel size."""
     return ResNet(BasicBlock, (2, 2, 2, 2), (64, 128, 256, 512), conv_bn_shortcut,

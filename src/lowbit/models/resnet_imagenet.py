@@ -13,18 +13,18 @@ WIDTHS = (64, 128, 256, 512)
 
 
 @register_model
-def resnet18(num_classes: int = 1000, in_channels: int = 3, **_: object) -> nn.Module:
+def resnet18(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     return ResNet(BasicBlock, (2, 2, 2, 2), WIDTHS, conv_bn_shortcut, num_classes, in_channels,
                   imagenet_stem=True)
 
 
 @register_model
-def resnet34(num_classes: int = 1000, in_channels: int = 3, **_: object) -> nn.Module:
+def resnet34(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     return ResNet(BasicBlock, (3, 4, 6, 3), WIDTHS, conv_bn_shortcut, num_classes, in_channels,
                   imagenet_stem=True)
 
 
 @register_model
-def resnet50(num_classes: int = 1000, in_channels: int = 3, **_: object) -> nn.Module:
+def resnet50(num_classes: int = 1000, in_channels: int = 3) -> nn.Module:
     return ResNet(Bottleneck, (3, 4, 6, 3), WIDTHS, conv_bn_shortcut, num_classes, in_channels,
                   imagenet_stem=True)

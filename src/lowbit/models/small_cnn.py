@@ -16,9 +16,7 @@ def _conv_bn_relu(in_channels: int, out_channels: int) -> list[nn.Module]:
 
 
 @register_model
-def small_cnn(
-    num_classes: int = 10, in_channels: int = 1, width: int = 32, **_: object
-) -> nn.Module:
+def small_cnn(num_classes: int = 10, in_channels: int = 1, width: int = 32) -> nn.Module:
     """conv(w)-conv(w)-pool-conv(2w)-conv(2w)-pool-fc: 8x8 digits reach ~98% in seconds."""
     return nn.Sequential(
         *_conv_bn_relu(in_channels, width),

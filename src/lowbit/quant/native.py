@@ -13,11 +13,12 @@ eager float32 formulas). RQ draws its noise from a counter-based generator seede
 torch's, so its samples differ from the eager path's (same distribution).
 
 The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``,
-``gcc`` or ``clang``; about a second) into ``$LOWBIT_CACHE_DIR`` (default
-``~/.cache/lowbit``) and loaded with ctypes. Without a compiler, if the build fails, or with
-``LOWBIT_NATIVE=0``, the quantizers run their eager PyTorch formulas: the same results,
-slower. The kernels serve float32 CPU tensors outside ``torch.compile`` (which fuses the
-eager formulas itself); GPUs and other dtypes always take the eager path.
+``gcc`` or ``clang``; about a second) into ``kernels/`` of the lowbit cache folder
+(``$LOWBIT_CACHE``, default ``~/.cache/lowbit``: ``lowbit.files.cache_root``) and loaded
+with ctypes. Without a compiler, if the build fails, or with ``LOWBIT_NATIVE=0``, the
+quantizers run their eager PyTorch formulas: the same results, slower. The kernels serve
+float32 CPU tensors outside ``torch.compile`` (which fuses the eager formulas itself); GPUs
+and other dtypes always take the eager path.
 
 Adding a kernel: a C function ``lowbit_NAME`` in ``kernels.c`` (a ``VECTORIZED`` range
 function over contiguous memory plus an OpenMP wrapper, as the others), its ctypes signature
@@ -43,6 +44,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from lowbit.files import cache_root
 
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-ffp-contract=off", "-fno-math-errno", "-fno-trapping-math")
@@ -94,10 +97,7 @@ def _compiler() -> str | None:
 
 
 def _cache_dir() -> Path:
-    if os.environ.get("LOWBIT_CACHE_DIR"):
-        return Path(os.environ["LOWBIT_CACHE_DIR"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "lowbit"
+    return cache_root() / "kernels"
 
 
 def _build(compiler: str) -> Path:

@@ -43,8 +43,8 @@ def read_torch_file(
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
     """Read a lowbit checkpoint (``weights_only=True``: no code runs on load)."""
     checkpoint = read_torch_file(path, "lowbit checkpoint", map_location=map_location)
-    if not isinstance(checkpoint, dict) or "model" not in checkpoint:
-        raise LowbitError(f"{str(path)!r} is not a lowbit checkpoint (no 'model' entry)")
+    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+        raise LowbitError(f"{str(path)!r} is not a lowbit checkpoint (no 'model' tensors)")
     return checkpoint
 
 

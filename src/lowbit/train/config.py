@@ -1,12 +1,14 @@
 """Run configuration: plain nested values, a YAML recipe on top, ``--set key=value`` last.
 
 A recipe only sets values that ``DEFAULTS`` already has, so a typo is an error, not a silently
-ignored key. The resolved configuration is written into every run directory.
+ignored key. The resolved mapping is parsed once into ``run_config.RunConfig`` (typed, frozen)
+and written into every run directory.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Iterable, Mapping
 from functools import reduce
 from importlib import resources
@@ -16,7 +18,7 @@ from typing import Any
 import yaml
 
 from lowbit.errors import LowbitError
-from lowbit.train.recipes import find_recipe
+from lowbit.train.recipes import find_recipe, read_yaml
 
 # The embedded default run: digits, small CNN, float pre-training then APoT 4-bit fine-tuning.
 DEFAULTS: dict[str, Any] = {
@@ -34,6 +36,10 @@ DEFAULTS: dict[str, Any] = {
         "workers": 4,
         "mean": None,  # per-channel input normalization; None = the data set's own
         "std": None,
+        # Training images held out (seeded) to choose best.pt; the test split only reports.
+        "val_fraction": 0.1,
+        "eval_limit": None,  # evaluate the first N validation and test images (short runs)
+        "skip_bad_files": False,  # skip unreadable images (counted in the summary)
     },
     "method": "apot",
     "bits": 4,
@@ -50,6 +56,7 @@ DEFAULTS: dict[str, Any] = {
         "betas": [0.9, 0.999],
     },
     "epochs": 15,
+    "max_steps": None,  # training steps per stage at most (short runs); the schedule fits
     "calibrate_batches": 0,
     "optimizer": {
         "name": "sgd",
@@ -70,6 +77,7 @@ DEFAULTS: dict[str, Any] = {
         "name": "cosine", "warmup_epochs": 0, "warmup_lr": None, "milestones": [], "gamma": 0.1,
     },
     "label_smoothing": 0.0,
+    "progress_seconds": 10,  # off a terminal: one progress line per this many seconds
     # Speed: amp "bf16" runs forward and loss under bf16 autocast (quantizers compute in
     # float32), null in float32; channels_last stores conv activations NHWC (GPUs); compile
     # trains a torch.compile'd model (single bit-width runs).
@@ -117,6 +125,10 @@ NUMBERS = (
     ("data.eval_batch_size", True, 1, True, False),
     ("data.workers", True, 0, True, False),
     ("data.limit", True, 1, True, True),
+    ("data.val_fraction", False, 0, True, False),
+    ("data.eval_limit", True, 1, True, True),
+    ("max_steps", True, 1, True, True),
+    ("progress_seconds", False, 0, False, False),
     ("float_epochs", True, 0, True, False),
     ("epochs", True, 0, True, False),
     ("calibrate_batches", True, 0, True, False),
@@ -135,22 +147,52 @@ NUMBERS = (
 )
 
 
+# Settings that are true or false.
+FLAGS = (
+    "float_downsample", "channels_last", "compile", "data.skip_bad_files",
+    "optimizer.nesterov", "float_optimizer.nesterov",
+)
+
+
+def _value(config: Mapping[str, Any], key: str) -> Any:
+    value: Any = config
+    for part in key.split("."):
+        value = value[part]
+    return value
+
+
 def check_numbers(config: Mapping[str, Any]) -> None:
-    """Every numeric setting is a number of the right kind and range (``NUMBERS``); a
-    ``LowbitError`` names the first that is not."""
+    """Every numeric setting is a number of the right kind and range (``NUMBERS``) and every
+    flag a boolean (``FLAGS``); a ``LowbitError`` names the first that is not."""
+    for key in FLAGS:
+        if not isinstance(_value(config, key), bool):
+            raise LowbitError(f"{key} must be true or false, got {_value(config, key)!r}")
     for key, whole, lowest, inclusive, nullable in NUMBERS:
-        value: Any = config
-        for part in key.split("."):
-            value = value[part]
+        value = _value(config, key)
         if value is None and nullable:
             continue
-        kind = "a whole number" if whole else "a number"
+        kind = "a whole number" if whole else "a finite number"
         ok_type = isinstance(value, int) if whole else isinstance(value, (int, float))
-        if isinstance(value, bool) or not ok_type or value != value:
+        if isinstance(value, bool) or not ok_type or not math.isfinite(value):
             raise LowbitError(f"{key} must be {kind}, got {value!r}")
         if lowest is not None and not (value >= lowest if inclusive else value > lowest):
             bound = f">= {lowest}" if inclusive else f"> {lowest}"
             raise LowbitError(f"{key} must be {bound}, got {value!r}")
+    if not _value(config, "data.val_fraction") < 1:
+        raise LowbitError(
+            f"data.val_fraction must be below 1, got {_value(config, 'data.val_fraction')!r}"
+        )
+
+
+# Settings added after runs were first written, at the values that reproduce those runs: an
+# old config.yaml or checkpoint without the key meant this.
+LEGACY: dict[str, Any] = {"data": {"val_fraction": 0.0}}
+
+
+def load_run_config(*layers: Mapping[str, Any]) -> dict[str, Any]:
+    """A stored config (``config.yaml``, a checkpoint's ``config``), then ``layers`` over it,
+    completed by ``DEFAULTS`` (``LEGACY`` for keys it predates)."""
+    return reduce(merge, [LEGACY, *layers], DEFAULTS)
 
 
 def parse_override(text: str) -> dict[str, Any]:
@@ -168,12 +210,12 @@ def parse_override(text: str) -> dict[str, Any]:
 
 
 def load_recipe(recipe: str | Path) -> dict[str, Any]:
-    """The config values of ``recipe``: a YAML file, or a packaged recipe's name."""
+    """The config values of ``recipe``: a YAML file, or a packaged recipe's name, with its
+    ``base`` chain merged in."""
     path = find_recipe(recipe)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as error:
-        raise LowbitError(f"recipe {str(path)!r} is not valid YAML: {error}") from None
+    values = read_yaml(path)
+    if isinstance(values, list):
+        raise LowbitError(f"{str(path)!r} is a sweep spec, not a recipe; run it with lowbit sweep")
     if not isinstance(values, dict):
         raise LowbitError(f"recipe {str(path)!r} must be a mapping of config keys")
     return values

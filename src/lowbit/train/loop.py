@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from itertools import islice
 from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
+
+from lowbit.train.progress import LOG_INTERVAL_SECONDS, Progress
 
 # A training objective other than cross-entropy on ``model(images)`` (CoQuant's joint loss):
 # ``objective(images, labels, progress) -> (loss, logits)``, ``progress`` the fraction of
@@ -15,11 +17,6 @@ from tqdm import tqdm
 # model inside its forward, so that DistributedDataParallel can wrap it whole (one forward per
 # backward) however many passes it makes.
 Objective = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
-
-
-def _progress(loader: Any, desc: str, show: bool) -> Any:
-    # disable=None: a bar on terminals only, so logs and CI output stay clean.
-    return tqdm(loader, desc=desc, leave=False, disable=None if show else True)
 
 
 class QuantizerHooks:
@@ -53,22 +50,27 @@ def train_one_epoch(
     show_progress: bool = True,
     objective: Objective | None = None,
     amp: torch.dtype | None = None,
+    steps: int | None = None,
+    progress_seconds: float = LOG_INTERVAL_SECONDS,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss and top-1 on the training batches.
 
     The loss is cross-entropy on ``model(images)`` unless an ``objective`` is given; the
     quantizers' regularization is added either way. ``amp`` (e.g. ``torch.bfloat16``) runs
-    the forward and the loss under autocast.
+    the forward and the loss under autocast. ``steps`` ends the epoch after that many
+    batches (``max_steps``; ``None``: the whole loader), and schedules count epochs of that
+    length.
 
     Running sums stay on the device (no per-step ``.item()``), so the loop never waits on it.
     """
     model.train()
     loader.set_epoch(epoch)
     hooks = QuantizerHooks(model)
-    steps = len(loader)
+    steps = len(loader) if steps is None else min(steps, len(loader))
     loss_sum = correct = torch.zeros((), dtype=torch.float64)
     seen = 0
-    for step, (images, labels) in enumerate(_progress(loader, desc, show_progress)):
+    report = Progress(islice(loader, steps), desc, steps, show_progress, progress_seconds)
+    for step, (images, labels) in enumerate(report):
         progress = (epoch * steps + step) / (epochs * steps)
         hooks.set_progress(progress)
         with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
@@ -87,6 +89,7 @@ def train_one_epoch(
         loss_sum = loss_sum + loss.detach() * labels.numel()
         correct = correct + (logits.detach().argmax(1) == labels).sum()
         seen += labels.numel()
+        report.update(step, seen, loss_sum, scheduler.get_last_lr()[0])
     return {
         "train_loss": float(loss_sum) / max(seen, 1),
         "train_top1": 100 * float(correct) / max(seen, 1),
@@ -107,7 +110,8 @@ def evaluate(
     model.eval()
     loss_sum = top1 = top5 = 0.0
     seen = 0
-    for images, labels in _progress(loader, desc, show_progress):
+    report = Progress(loader, desc, len(loader), show_progress)
+    for step, (images, labels) in enumerate(report):
         with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
             logits = model(images).float()
         loss_sum += float(F.cross_entropy(logits, labels, reduction="sum"))
@@ -116,6 +120,7 @@ def evaluate(
         top1 += float(hits[:, 0].sum())
         top5 += float(hits.any(dim=1).sum())
         seen += labels.numel()
+        report.update(step, seen)
     model.train(was_training)
     n = max(seen, 1)
     return {"top1": 100 * top1 / n, "top5": 100 * top5 / n, "loss": loss_sum / n, "n": seen}

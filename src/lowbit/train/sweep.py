@@ -30,14 +30,14 @@ from typing import Any
 
 import yaml
 
-from lowbit.adaptive import adaptive_settings
 from lowbit.errors import LowbitError
 from lowbit.files import atomic_write
 from lowbit.quant.registry import get_method
+from lowbit.train.checks import check_config
 from lowbit.train.config import resolve_config
 from lowbit.train.recipes import find_recipe, paper_label, paper_top1, read_yaml
-from lowbit.train.run import bits_label as weight_bits_label
-from lowbit.train.run import check_config, run_training
+from lowbit.train.run import run_training
+from lowbit.train.run_config import RunConfig
 
 ROW_KEYS = ("name", "recipe", "set", "init")
 
@@ -111,10 +111,10 @@ def check_rows(rows: Sequence[Row]) -> None:
         seen.add(row.name)
 
 
-def start_checkpoint(run_dir: Path, config: dict[str, Any]) -> Path:
+def start_checkpoint(run_dir: Path, config: RunConfig) -> Path:
     """The checkpoint a later row starts from: ``float.pt`` of a float-only run, else the
     quantized stage's ``best.pt``."""
-    return run_dir / ("float.pt" if not config["epochs"] else "best.pt")
+    return run_dir / ("float.pt" if not config.epochs else "best.pt")
 
 
 def row_configs(
@@ -122,7 +122,7 @@ def row_configs(
 ) -> dict[str, dict[str, Any]]:
     """Every row's resolved and checked config, before anything trains (a typo in the last
     row fails now, not hours later)."""
-    configs: dict[str, dict[str, Any]] = {}
+    configs: dict[str, RunConfig] = {}
     for row in rows:
         # JSON is YAML, so each ``set`` value reaches the config as ``--set`` would give it.
         texts = [f"{key}={json.dumps(value)}" for key, value in row.set.items()]
@@ -131,24 +131,26 @@ def row_configs(
             source = start_checkpoint(sweep_dir / row.init, configs[row.init])
             texts.append(f"init={json.dumps(str(source))}")
         try:
-            config = resolve_config(find_recipe(row.recipe) if row.recipe else None, texts)
-            check_config(config)
+            config = check_config(
+                resolve_config(find_recipe(row.recipe) if row.recipe else None, texts)
+            )
         except LowbitError as error:
             raise LowbitError(f"sweep row {row.name!r}: {error}") from None
         configs[row.name] = config
     return configs
 
 
-def _same_config(run_dir: Path, config: dict[str, Any]) -> bool:
+def _same_config(run_dir: Path, config: RunConfig) -> bool:
     stored = yaml.safe_load((run_dir / "config.yaml").read_text())
-    return stored == yaml.safe_load(yaml.safe_dump(config))
+    # A config written before a key existed meant what LEGACY says it meant.
+    return RunConfig.stored(stored).to_dict() == yaml.safe_load(yaml.safe_dump(config.to_dict()))
 
 
 def _has_progress(run_dir: Path) -> bool:
     return (run_dir / "summary.json").is_file() or (run_dir / "last.pt").is_file()
 
 
-def check_unchanged(sweep_dir: Path, configs: dict[str, dict[str, Any]]) -> None:
+def check_unchanged(sweep_dir: Path, configs: dict[str, RunConfig]) -> None:
     """A row with results or a checkpoint must not be continued under another config."""
     for name, config in configs.items():
         run_dir = sweep_dir / name
@@ -159,37 +161,49 @@ def check_unchanged(sweep_dir: Path, configs: dict[str, dict[str, Any]]) -> None
             )
 
 
-def bits_label(config: dict[str, Any]) -> str:
+def bits_label(config: RunConfig | dict[str, Any]) -> str:
     """Weight / activation bits as the papers print them: ``"4/4"``, ``"32/32"`` for float,
     and for a network trained at several bit-widths the list of them, ``"8/6/4/2"``, as
     CoQuant's tables print it (activations take each weight bit-width in turn)."""
-    if not config["epochs"] or config["bits"] is None:
+    config = RunConfig.of(config)
+    if not config.epochs or config.bits is None:
         return "32/32"
-    weights = weight_bits_label(config)
-    if adaptive_settings(config) is not None:
+    weights = config.bits_label
+    if config.adaptive is not None:
         return weights  # every switchable method quantizes its inputs at each width too
-    inputs = weights if get_method(config["method"]).input_quantizer else "32"
+    inputs = weights if get_method(config.method).input_quantizer else "32"
     return f"{weights}/{inputs}"
 
 
-def _record(name: str, config: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def _record(name: str, config: RunConfig, run_dir: Path) -> dict[str, Any]:
     record = {
         "name": name,
         "status": "pending",
         "run_dir": str(run_dir),
-        "model": config["model"]["name"],
-        "data": config["data"]["name"],
+        "model": config.model.name,
+        "data": config.data.name,
         "bits": bits_label(config),
-        "paper": config["paper"],
-        "paper_top1": paper_top1(config["paper"]),
+        "paper": config.paper,
+        "paper_top1": paper_top1(config.paper),
         "top1": None,
         "delta": None,
         "error": None,
         "seconds": None,
     }
-    if (run_dir / "summary.json").is_file():
-        _finish(record, json.loads((run_dir / "summary.json").read_text()))
+    summary = finished_summary(run_dir)
+    if summary is not None:
+        _finish(record, summary)
     return record
+
+
+def finished_summary(run_dir: Path) -> dict[str, Any] | None:
+    """The summary of a run that finished (``None`` for one that has not, or that failed or
+    was interrupted: those mark ``status`` in their summary)."""
+    path = run_dir / "summary.json"
+    if not path.is_file():
+        return None
+    summary = json.loads(path.read_text())
+    return summary if summary.get("status", "finished") == "finished" else None
 
 
 def _finish(record: dict[str, Any], summary: dict[str, Any]) -> None:
@@ -216,7 +230,7 @@ def run_sweep(
             continue
         run_dir = sweep_dir / row.name
         try:
-            if row.init is not None and not (sweep_dir / row.init / "summary.json").is_file():
+            if row.init is not None and finished_summary(sweep_dir / row.init) is None:
                 raise LowbitError(f"it starts from row {row.init!r}, which did not finish")
             _prepare(run_dir, configs[row.name])
             _finish(record, run_training(configs[row.name], run_dir))
@@ -228,14 +242,14 @@ def run_sweep(
     return records
 
 
-def _prepare(run_dir: Path, config: dict[str, Any]) -> None:
+def _prepare(run_dir: Path, config: RunConfig) -> None:
     """A row with a ``last.pt`` resumes; otherwise it starts in a clean directory."""
     if (run_dir / "last.pt").is_file():
         return
     if run_dir.exists():
         shutil.rmtree(run_dir)
     run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config.to_dict(), sort_keys=False))
 
 
 def _one_line(error: BaseException) -> str:
