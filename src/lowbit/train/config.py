@@ -142,10 +142,18 @@ NUMBERS = (
     ("quantizer_optim.input_lr", False, 0, False, True),
     ("quantizer_optim.weight_decay", False, 0, True, False),
     ("schedule.warmup_epochs", False, 0, True, False),
+    ("schedule.warmup_lr", False, 0, False, True),
     ("schedule.gamma", False, 0, False, False),
     ("label_smoothing", False, 0, True, False),
 )
 
+
+# Lists of numbers: (dotted key, length or None for any, smallest allowed, below this).
+NUMBER_LISTS = (
+    ("schedule.milestones", None, 0, math.inf),
+    ("optimizer.betas", 2, 0, 1),
+    ("float_optimizer.betas", 2, 0, 1),
+)
 
 # Settings that are true or false.
 FLAGS = (
@@ -161,6 +169,10 @@ def _value(config: Mapping[str, Any], key: str) -> Any:
     return value
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_numbers(config: Mapping[str, Any]) -> None:
     """Every numeric setting is a number of the right kind and range (``NUMBERS``) and every
     flag a boolean (``FLAGS``); a ``LowbitError`` names the first that is not."""
@@ -172,12 +184,22 @@ def check_numbers(config: Mapping[str, Any]) -> None:
         if value is None and nullable:
             continue
         kind = "a whole number" if whole else "a finite number"
-        ok_type = isinstance(value, int) if whole else isinstance(value, (int, float))
+        ok_type = isinstance(value, int) if whole else _is_number(value)
         if isinstance(value, bool) or not ok_type or not math.isfinite(value):
             raise LowbitError(f"{key} must be {kind}, got {value!r}")
         if lowest is not None and not (value >= lowest if inclusive else value > lowest):
             bound = f">= {lowest}" if inclusive else f"> {lowest}"
             raise LowbitError(f"{key} must be {bound}, got {value!r}")
+    for key, length, lowest, below in NUMBER_LISTS:
+        values = _value(config, key)
+        if not (
+            isinstance(values, list) and (length is None or len(values) == length)
+            and all(_is_number(v) and lowest <= v < below for v in values)
+        ):
+            count = f"{length} " if length else ""
+            raise LowbitError(
+                f"{key} must be a list of {count}numbers in [{lowest}, {below}), got {values!r}"
+            )
     if not _value(config, "data.val_fraction") < 1:
         raise LowbitError(
             f"data.val_fraction must be below 1, got {_value(config, 'data.val_fraction')!r}"
