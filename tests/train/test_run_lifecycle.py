@@ -79,12 +79,17 @@ def test_quiet_prints_only_the_result(tmp_path):
     assert "run directory: runs/" in result.stdout
 
 
-def _interrupt_after(tmp_path: Path, lines_in_metrics: int) -> subprocess.CompletedProcess:
+def _interrupt_after(
+    tmp_path: Path, lines_in_metrics: int, *settings: str
+) -> subprocess.CompletedProcess:
     """Start a long run, Ctrl-C it once ``metrics.jsonl`` has that many lines (0: as soon as
     its directory exists, before the first checkpoint)."""
     process = subprocess.Popen(
-        _command(*SHORT, "--set", "float_epochs=2", "--set", "epochs=200"),
+        _command(*SHORT, "--set", "float_epochs=2", "--set", "epochs=200", *settings),
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # A shell without job control starts background jobs with Ctrl-C ignored, and a
+        # child inherits that: give the run the default, as on a user's terminal.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.time() + 300
     while time.time() < deadline and process.poll() is None:
@@ -126,7 +131,8 @@ def test_ctrl_c_prints_the_real_resume_command_which_finishes_the_run(tmp_path):
 
 
 def test_ctrl_c_before_the_first_checkpoint_leaves_nothing(tmp_path):
-    result = _interrupt_after(tmp_path, lines_in_metrics=0)
+    # One image per step: the first epoch lasts seconds, far longer than Ctrl-C takes.
+    result = _interrupt_after(tmp_path, 0, "--set", "data.batch_size=1")
     assert result.returncode == 130, result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "lowbit: interrupted before the first checkpoint"
