@@ -9,6 +9,7 @@ import torch
 from lowbit.quant import native
 from lowbit.quant.dorefa import pact_quantize
 from lowbit.quant.levels import levels
+from lowbit.quant.noise import counter_uniforms, element_counters
 from lowbit.quant.project import grid_cells, grid_table, midpoints, project_on_grid
 from lowbit.quant.rcf import rcf_quantize
 from lowbit.quant.ste import clip_backward
@@ -305,12 +306,13 @@ def test_unwritable_cache_warns_and_falls_back(tmp_path, monkeypatch):
 
 
 def rq_reference(x, alpha, sigma, lo, hi, tau, seed, grad, dtype=torch.float64):
-    """Eq. 1-2 over the local window by autograd in ``dtype``, with the kernel's uniforms."""
+    """Eq. 1-2 over the local window by autograd in ``dtype``, with the uniforms RQ draws
+    (the kernel draws the same: tests/quant/test_noise.py)."""
     from lowbit.quant.relaxed import local_window, log_cell_probability
 
     x, alpha, sigma = (t.to(dtype).clone().requires_grad_() for t in (x, alpha, sigma))
     k = local_window(x, alpha, sigma, lo, hi, 3.0)
-    u = native.uniforms(seed, x.numel(), k.shape[-1]).double()
+    u = counter_uniforms(seed, element_counters(x), k.shape[-1]).double()
     gumbel = -(-u.log()).log()
     logits = log_cell_probability(x.unsqueeze(-1), k, alpha, sigma) + gumbel.to(dtype)
     out = alpha * (torch.softmax(logits / tau, dim=-1) * k).sum(-1)

@@ -7,12 +7,10 @@ integer, so float32 and float64 agree on the window size ``K = 5``).
 
 Randomness is fixed, not averaged over:
 
-* RQ training: the reference gets the Gumbel noise lowbit drew. On the eager path that is
-  ``-log E``, ``E ~ Exp(1)`` of shape ``x.shape + (K,)``, drawn from torch's generator right
-  after the seed (``relaxed_quantize``'s only draw); on the native path the kernel's own
-  counter-based uniforms ``u`` (``native.uniforms`` for the seed the kernel draws from torch,
-  documented as the stream ``lowbit_rq`` uses), ``-log(-log u)``. Both are checked against
-  the same Eq. 2 reference, so the native kernel's arithmetic is checked, not its noise.
+* RQ training: the reference gets the Gumbel noise lowbit drew: ``-log(-log u)`` with ``u``
+  the counter-based uniforms (``lowbit.quant.noise``) of the one seed ``relaxed_quantize``
+  draws from torch, the same on the eager and the native path. Both paths are checked against
+  the same Eq. 2 reference, so each path's arithmetic is checked, not its noise.
 * DropBits training: the gate sample of the forward (``masks.last_gates``, reproduced by
   seeding torch before the forward); the reference recovers Eq. 4's logistic noise from it,
   so the gates' gradient into the keep-probability logits is Eq. 4's at that sample.
@@ -48,7 +46,7 @@ from refeq_relaxed import (
 )
 
 import lowbit
-from lowbit.quant import native
+from lowbit.quant.noise import counter_uniforms, element_counters
 
 SHAPE_IN, SHAPE_W = (4, 60), (6, 5, 2, 4)
 ALPHA = 0.125
@@ -220,15 +218,14 @@ def rq_quantizer(bits, role):
     return factory.input_quantizer(bits, signed=signed), signed
 
 
-def noise(kernel_path, seed, x, size):
-    """The Gumbel noise lowbit's RQ forward draws after ``torch.manual_seed(seed)``."""
+def noise(seed, x, size):
+    """The Gumbel noise lowbit's RQ forward draws after ``torch.manual_seed(seed)``, on either
+    path: the counter-based uniforms ``u`` of the seed it takes from torch (``quant.noise``;
+    tests/quant/test_noise.py checks the kernel draws the same bits), as ``-log(-log u)``."""
     torch.manual_seed(seed)
-    if kernel_path == "native":
-        kernel_seed = int(torch.randint(0, 2**63 - 1, ()))
-        u = native.uniforms(kernel_seed, x.numel(), size).double()
-        return -(-u.log()).log().view(*x.shape, size)
-    exponential = torch.empty(*x.shape, size, dtype=torch.float32).exponential_()
-    return -exponential.double().log()
+    drawn = int(torch.randint(0, 2**63 - 1, ()))
+    u = counter_uniforms(drawn, element_counters(x), size).double()
+    return -(-u.log()).log()
 
 
 @pytest.mark.parametrize("bits,role", rq_cases())
@@ -246,7 +243,7 @@ def test_rq_training_given_its_noise(bits, role, kernel_path):
     assert q.temperature() == 1.0
     k = window(x, ALPHA, RQ_SIGMA, bits, signed)
     seed = 1000 + bits
-    u = noise(kernel_path, seed, x, k.shape[-1])
+    u = noise(seed, x, k.shape[-1])
 
     def fn(v, p):
         return rq(v, p["alpha"], p["sigma"], 1.0, k, u)

@@ -41,6 +41,7 @@ from lowbit.errors import LowbitError, require_positive
 from lowbit.quant import native
 from lowbit.quant.dropbits import NO_MASK, DropBitsMasks, Run, mask_runs
 from lowbit.quant.init import lsq_step
+from lowbit.quant.noise import counter_uniforms, element_counters
 from lowbit.quant.precision import float32_compute
 
 SIGMA_PER_ALPHA = 1 / 3  # sigma starts at alpha / 3 (the seed's §3.2 example, Louizos et al.)
@@ -98,17 +99,19 @@ def relaxed_quantize(
     ``r = softmax((log pi_k + u_k) / tau)``, ``u_k ~ Gumbel(0, 1)``, over the local window.
 
     Differentiable in ``x``, ``alpha`` and ``sigma`` by plain autograd (RQ's own gradient).
-    On float32 CPU tensors the fused kernels compute the same sampling and gradients without
-    the ``numel x K`` tensors, drawing the noise from one seed taken from ``generator``.
+    The noise is counter-based (``noise.py``) from one seed taken from ``generator``: on
+    float32 CPU tensors the fused kernels draw the same numbers, and compute the same sampling
+    and gradients without the ``numel x K`` tensors.
     """
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
     if native.usable(x):
         half = math.ceil(delta * abs(float(sigma.detach() / alpha.detach())) + 0.5)
         size = min(2 * half + 1, hi - lo + 1)
-        seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
         return _RelaxedFused.apply(x, alpha, sigma, lo, hi, temperature, size, seed)
     k = local_window(x, alpha, sigma, lo, hi, delta)
     logits = log_cell_probability(x.unsqueeze(-1), k, alpha, sigma)
-    gumbel = torch.empty_like(logits).exponential_(generator=generator).log_().neg_()
+    uniforms = counter_uniforms(seed, element_counters(x), k.shape[-1])
+    gumbel = uniforms.log_().neg_().log_().neg_()
     r = torch.softmax((logits + gumbel) / temperature, dim=-1)
     return alpha * (r * k).sum(-1)
 
