@@ -6,6 +6,7 @@ from lowbit.quant.init import optimal_step_size
 from lowbit.quant.levels import levels
 from lowbit.quant.project import project_to_levels
 from lowbit.quant.registry import available_methods, get_method, register_method
+from lowbit.train.user_loop import hooks, param_groups
 
 __version__ = "0.1.0"
 
@@ -15,8 +16,10 @@ __all__ = [
     "QLinear",
     "available_methods",
     "get_method",
+    "hooks",
     "levels",
     "optimal_step_size",
+    "param_groups",
     "project_to_levels",
     "quantize",
     "register_method",

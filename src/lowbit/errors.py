@@ -5,9 +5,13 @@ class LowbitError(Exception):
     """A mistake the user can fix; the message says what to do."""
 
 
-def require_positive(value: object, name: str, hint: str = "") -> None:
-    """A ``LowbitError`` unless ``value`` is a positive int or float (not a bool, not NaN);
-    ``hint`` is added to the message (e.g. what else ``name`` may be)."""
+def require_positive(
+    value: object, name: str, hint: str = "", *, zero_ok: bool = False
+) -> None:
+    """A ``LowbitError`` unless ``value`` is a positive int or float (not a bool, not NaN),
+    or zero with ``zero_ok``; ``hint`` is added to the message (e.g. what else ``name`` may
+    be)."""
     number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if not (number and value > 0):
-        raise LowbitError(f"{name} must be a positive number{hint}, got {value!r}")
+    if not (number and (value >= 0 if zero_ok else value > 0)):
+        kind = "a number >= 0" if zero_ok else "a positive number"
+        raise LowbitError(f"{name} must be {kind}{hint}, got {value!r}")

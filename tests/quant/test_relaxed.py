@@ -13,6 +13,7 @@ import lowbit
 from lowbit.errors import LowbitError
 from lowbit.nn.calibrate import calibrate
 from lowbit.quant.dropbits import NO_MASK, mask_count, mask_groups, mask_runs
+from lowbit.quant.noise import counter_uniforms
 from lowbit.quant.relaxed import (
     RQQuantizer,
     SRQQuantizer,
@@ -247,8 +248,9 @@ def test_rq_training_is_eq2_gumbel_softmax_over_the_grid():
     got = relaxed_quantize(
         x, alpha, sigma, -4, 3, 0.7, delta=100.0, generator=torch.Generator().manual_seed(3)
     )
-    gumbel = torch.empty(500, 8, dtype=F64).exponential_(generator=torch.Generator().manual_seed(3))
-    gumbel = -gumbel.log()
+    # The noise RQ draws: one seed from the generator, counter-based uniforms (quant/noise.py).
+    seed = int(torch.randint(0, 2**63 - 1, (), generator=torch.Generator().manual_seed(3)))
+    gumbel = -(-counter_uniforms(seed, torch.arange(500), 8).log()).log().double()
     pi = full_grid_pi(x, alpha, sigma, -4, 3)
     r = torch.softmax((pi.log() + gumbel) / 0.7, dim=-1)
     torch.testing.assert_close(got, (r * alpha * torch.arange(-4, 4, dtype=F64)).sum(-1))

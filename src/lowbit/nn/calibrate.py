@@ -1,9 +1,10 @@
 """Data-driven quantizer initialization: show quantizers real inputs before training.
 
-A quantizer that wants it defines ``observe(x)``: it is called, under ``no_grad``, with every
-tensor the quantizer sees during ``calibrate`` (weights and layer inputs alike), and updates
-its own state (UniQ's activation step size from the maximum of per-batch estimates, LSQ's
-2·E|x|/sqrt(Q_P), ...). Quantizers without ``observe`` are left alone.
+A quantizer that wants it defines ``observe(x)`` (``lowbit.quant.hooks.Observer``): it is
+called, under ``no_grad``, with every tensor the quantizer sees during ``calibrate`` (weights
+and layer inputs alike), and updates its own state (UniQ's activation step size from the
+maximum of per-batch estimates, LSQ's 2·E|x|/sqrt(Q_P), ...). Quantizers without ``observe``
+are left alone.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from lowbit.quant.hooks import Observer
+
 
 def observing_quantizers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if callable(getattr(m, "observe", None))]
+    return [m for m in model.modules() if isinstance(m, Observer)]
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowbit.train.hooks import QuantizerHooks
 from lowbit.train.progress import LOG_INTERVAL_SECONDS, Progress
 
 # A training objective other than cross-entropy on ``model(images)`` (CoQuant's joint loss):
@@ -17,25 +18,6 @@ from lowbit.train.progress import LOG_INTERVAL_SECONDS, Progress
 # model inside its forward, so that DistributedDataParallel can wrap it whole (one forward per
 # backward) however many passes it makes.
 Objective = Callable[[torch.Tensor, torch.Tensor, float], tuple[torch.Tensor, torch.Tensor]]
-
-
-class QuantizerHooks:
-    """The optional per-step hooks of quantizers: ``set_progress(fraction)`` before each
-    step (annealing, schedules) and ``regularization_loss()`` added to the loss (DropBits)."""
-
-    def __init__(self, model: nn.Module) -> None:
-        modules = list(model.modules())
-        self.progress = [m for m in modules if callable(getattr(m, "set_progress", None))]
-        self.regularizers = [
-            m for m in modules if callable(getattr(m, "regularization_loss", None))
-        ]
-
-    def set_progress(self, fraction: float) -> None:
-        for module in self.progress:
-            module.set_progress(fraction)
-
-    def regularization_loss(self) -> torch.Tensor | float:
-        return sum((m.regularization_loss() for m in self.regularizers), 0.0)
 
 
 def train_one_epoch(

@@ -43,6 +43,7 @@ from lowbit.train.checks import (
 )
 from lowbit.train.config import parse_override
 from lowbit.train.distributed import ProcessGroup
+from lowbit.train.hooks import learned_bits
 from lowbit.train.run_config import RunConfig
 from lowbit.train.stage import STAGES, run_stage
 
@@ -221,16 +222,6 @@ def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None)
     torch.manual_seed(config.seed)
     calibrate(model, data.train, config.calibrate_batches)
     return model
-
-
-def learned_bits(model: nn.Module) -> dict[str, str]:
-    """Bit-widths the quantizers learned (DropBits, SRQ §3.5), by layer: every module with a
-    ``learned_bits()`` method reports for the layer that owns it."""
-    return {
-        name.split(".weight_quantizer")[0]: module.learned_bits()
-        for name, module in model.named_modules()
-        if callable(getattr(module, "learned_bits", None))
-    }
 
 
 def _summary_bits(config: RunConfig) -> int | list[int]:

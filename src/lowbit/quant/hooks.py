@@ -1,0 +1,42 @@
+"""The optional hooks a quantizer (or a module inside one) offers a training loop.
+
+One ``Protocol`` per hook, each ``runtime_checkable``, rather than one protocol of four
+methods: a quantizer implements any subset (UniQ, LSQ, RQ and SRQ grids only ``observe``;
+DropBits masks ``set_progress``, ``regularization_loss`` and ``learned_bits``; APoT none),
+so the question a collector asks of a module is "does it offer this hook", which
+``isinstance(module, Hook)`` answers for one hook at a time. A quantizer gains a hook by
+defining the method; nothing registers it.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Observer(Protocol):
+    def observe(self, x: torch.Tensor) -> None:
+        """Calibration: update data-driven state (step sizes) from ``x``, a tensor the
+        quantizer is about to see; called under ``no_grad`` before training."""
+
+
+@runtime_checkable
+class ProgressFollower(Protocol):
+    def set_progress(self, fraction: float) -> None:
+        """Before each training step: ``fraction`` of training done, in [0, 1] (annealing,
+        phases such as DropBits' regularized first half)."""
+
+
+@runtime_checkable
+class Regularizer(Protocol):
+    def regularization_loss(self) -> torch.Tensor:
+        """A term added to the training loss after each forward (DropBits' L0 penalty)."""
+
+
+@runtime_checkable
+class BitLearner(Protocol):
+    def learned_bits(self) -> str:
+        """The bit-width learned for the layer the module belongs to (``"3"``, or ``"T"``
+        for ternary)."""
