@@ -19,12 +19,12 @@ from lowbit.quant.dropbits import (
     ZETA,
     DropBitsMasks,
     hard_concrete_sample,
-    learned_bits,
     mask_groups,
     mask_runs,
     smoothed_l0,
 )
 from lowbit.quant.relaxed import SRQQuantizer, round_to_grid
+from lowbit.train.hooks import learned_bits
 
 
 def coverage(bits: int, design: str) -> dict[int, list[int]]:

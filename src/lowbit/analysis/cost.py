@@ -30,9 +30,8 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.nn.layers import QUANTIZED_LAYERS
+from lowbit.nn.layers import QUANTIZED_TYPES
 
-QUANTIZED_TYPES = tuple(QUANTIZED_LAYERS.values())
 # Layers priced by their multiply-accumulates: every convolution and linear layer.
 PRICED = (nn.modules.conv._ConvNd, nn.Linear)
 

@@ -243,3 +243,5 @@ QUANTIZED_LAYERS: dict[type, type] = {
     nn.ConvTranspose3d: QConvTranspose3d,
     nn.Linear: QLinear,
 }
+# Every quantized layer type, for isinstance checks.
+QUANTIZED_TYPES = tuple(QUANTIZED_LAYERS.values())

@@ -13,7 +13,7 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.nn.attention import replace_attention
-from lowbit.nn.layers import QUANTIZED_LAYERS
+from lowbit.nn.layers import QUANTIZED_LAYERS, QUANTIZED_TYPES
 from lowbit.nn.signedness import non_negative_inputs
 from lowbit.quant.registry import Method, get_method
 
@@ -57,10 +57,9 @@ def float_layers(model: nn.Module) -> list[str]:
     """Modules holding weights of their own that are neither quantizable layers (quantized, or
     float by the plan), their quantizers, nor normalization layers: what ``quantize`` cannot
     quantize, described by name and type."""
-    quantized = tuple(QUANTIZED_LAYERS.values())
     skipped, found = set(), []
     for name, module in model.named_modules():
-        if isinstance(module, quantized):
+        if isinstance(module, QUANTIZED_TYPES):
             skipped.update(f"{name}.{n}".strip(".") for n, _ in module.named_modules())
         if name in skipped or type(module) in QUANTIZED_LAYERS:
             continue

@@ -212,17 +212,6 @@ class DropBitsMasks(nn.Module):
         return text
 
 
-def learned_bits(model: nn.Module) -> dict[str, str]:
-    """Weight bits per layer of a model quantized with DropBits masks (Table 3's column),
-    keyed by the layer's module name; ``"T"`` where only the ternary middle is left."""
-    found = {}
-    for name, module in model.named_modules():
-        masks = getattr(getattr(module, "weight_quantizer", None), "masks", None)
-        if isinstance(masks, DropBitsMasks):
-            found[name] = masks.learned_bits()
-    return found
-
-
 def _check_design(bits: int, design: str) -> None:
     if design not in MASK_DESIGNS:
         raise LowbitError(f"masks must be one of {MASK_DESIGNS}, got {design!r}")

@@ -8,12 +8,10 @@ from typing import Any
 from torch import nn
 
 from lowbit.errors import LowbitError, require_positive
-from lowbit.nn.layers import QUANTIZED_LAYERS
+from lowbit.nn.layers import QUANTIZED_TYPES
 from lowbit.train.hooks import QuantizerHooks
 from lowbit.train.optim import parameter_groups
 from lowbit.train.run_config import QuantizerOptimConfig
-
-_QUANTIZED_TYPES = tuple(QUANTIZED_LAYERS.values())
 
 
 def param_groups(
@@ -63,7 +61,7 @@ def hooks(model: nn.Module) -> QuantizerHooks:
 def _require_quantized(model: nn.Module, what: str) -> None:
     # Called on a float model, these would miss the quantizer parameters and hooks that
     # quantize() adds later, and training would silently leave them alone.
-    if not any(isinstance(m, _QUANTIZED_TYPES) for m in model.modules()):
+    if not any(isinstance(m, QUANTIZED_TYPES) for m in model.modules()):
         raise LowbitError(
             f"{what}() needs a quantized model: call lowbit.quantize(model, method, bits) first"
         )
