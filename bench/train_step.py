@@ -37,7 +37,7 @@ from lowbit.adaptive import AdaptiveSettings, JointObjective, make_adaptive
 from lowbit.allocator import reuse_freed_memory
 from lowbit.models import build_model
 from lowbit.quant.registry import available_methods, get_method
-from lowbit.train.loop import QuantizerHooks
+from lowbit.train.hooks import QuantizerHooks
 
 BATCH, CLASSES, SHAPE = 128, 10, (3, 32, 32)
 DEFAULT_BITS = (2, 4)

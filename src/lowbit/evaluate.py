@@ -73,11 +73,12 @@ def checkpoint_config(
 
 
 def rebuild_model(
-    checkpoint: dict[str, Any], num_classes: int, in_channels: int, source: str
+    checkpoint: dict[str, Any], num_classes: int, in_channels: int, source: str,
+    config: RunConfig | None = None,
 ) -> nn.Module:
-    """The model ``checkpoint["config"]`` describes, quantized unless the checkpoint holds a
-    float stage (``float.pt``), with the checkpoint's tensors loaded."""
-    config = checkpoint_config(checkpoint, source)
+    """The model ``config`` (default: the checkpoint's own) describes, quantized unless the
+    checkpoint holds a float stage (``float.pt``), with the checkpoint's tensors loaded."""
+    config = config or checkpoint_config(checkpoint, source)
     model = model_from_config(config, num_classes, in_channels)
     if checkpoint.get("stage", "quant") == "quant":
         quantize_from_config(model, config)
@@ -130,8 +131,7 @@ def evaluate_checkpoint(
     config = checkpoint_config(checkpoint, source, {"data": update})
     target = pick_device(device)
     bundle = data_from_config(config, target)
-    checkpoint = {**checkpoint, "config": config.to_dict()}
-    model = rebuild_model(checkpoint, bundle.num_classes, bundle.in_channels, source)
+    model = rebuild_model(checkpoint, bundle.num_classes, bundle.in_channels, source, config)
     settings = config.adaptive
     if bits is not None:
         if calibration_batches is None:

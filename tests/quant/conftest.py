@@ -3,16 +3,10 @@
 import pytest
 import torch
 
-from lowbit.quant import native
 
-
-@pytest.fixture(autouse=True, params=["native", "eager"])
-def kernel_path(request, monkeypatch):
-    if request.param == "native" and native.library() is None:
-        pytest.skip("the CPU kernels are not built here (no C compiler)")
-    if request.param == "eager":
-        monkeypatch.setattr(native, "usable", lambda *tensors: False)
-    return request.param
+@pytest.fixture(autouse=True)
+def every_kernel_path(kernel_path):  # tests/conftest.py
+    return kernel_path
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """RQ's counter-based noise: the tensor formula draws the C kernel's bits, so a run is the same
-with and without the kernels (issue 14: one noise source for every path)."""
+with and without the kernels (issue 14: one noise source for every path; the RQ pass on both
+paths: tests/quant/test_native.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,6 @@ import torch
 
 from lowbit.quant import native
 from lowbit.quant.noise import counter_uniforms, element_counters
-from lowbit.quant.relaxed import relaxed_quantize
 
 SEEDS = [0, 1, 0x1234_5678_9ABC_DEF0, 2**63 - 2]
 
@@ -55,27 +55,3 @@ def test_element_counters_number_memory_positions(kernel_path):
     counters = element_counters(last)
     assert sorted(counters.flatten().tolist()) == list(range(120))
     assert counters[0, 1, 0, 0] == 1 and counters[0, 0, 0, 1] == 3  # channels vary fastest
-
-
-@pytest.mark.parametrize("channels_last", [False, True])
-def test_rq_draws_the_same_noise_with_and_without_kernels(kernel_path, monkeypatch,
-                                                          channels_last):
-    """The same seed gives the same RQ forward and gradients on the kernel and the eager
-    formulas (within float32 rounding: the kernel's exp/log are polynomials)."""
-    if kernel_path == "eager":
-        pytest.skip("compares the two paths itself")
-    x0 = torch.randn(4, 6, 5, 5) * 0.4
-    if channels_last:
-        x0 = x0.contiguous(memory_format=torch.channels_last)
-    grad = torch.randn(x0.shape)
-    results = []
-    for usable in (native.usable, lambda *tensors: False):
-        monkeypatch.setattr(native, "usable", usable)
-        x = x0.clone().requires_grad_()
-        alpha, sigma = torch.tensor(0.1, requires_grad=True), torch.tensor(0.04, requires_grad=True)
-        torch.manual_seed(3)
-        out = relaxed_quantize(x, alpha, sigma, -8, 7, 0.7)
-        out.backward(grad)
-        results.append([out.detach(), x.grad, alpha.grad, sigma.grad])
-    for fused, eager in zip(*results):
-        torch.testing.assert_close(fused, eager, rtol=2e-4, atol=2e-5)

@@ -1,21 +1,15 @@
 """Every reference test runs twice: on the fused CPU kernels and on the eager formulas
-(the autouse fixture of ``tests/quant/conftest.py``), on one thread: the tensors are a few
+(``kernel_path`` in ``tests/conftest.py``), on one thread: the tensors are a few
 hundred elements, where thread hand-offs cost more than the work (16 ms instead of 0.3 ms
 for one reduction on a busy two-core machine)."""
 
 import pytest
 import torch
 
-from lowbit.quant import native
 
-
-@pytest.fixture(autouse=True, params=["native", "eager"])
-def kernel_path(request, monkeypatch):
-    if request.param == "native" and native.library() is None:
-        pytest.skip("the CPU kernels are not built here (no C compiler)")
-    if request.param == "eager":
-        monkeypatch.setattr(native, "usable", lambda *tensors: False)
-    return request.param
+@pytest.fixture(autouse=True)
+def every_kernel_path(kernel_path):  # tests/conftest.py
+    return kernel_path
 
 
 @pytest.fixture(autouse=True)

@@ -34,6 +34,8 @@ from typing import Callable
 
 import torch
 
+import lowbit
+
 F64 = torch.float64
 EPS32 = torch.finfo(torch.float32).eps
 MARGIN = 1e-4  # relative distance to a decision boundary below which a random value is moved
@@ -319,3 +321,37 @@ def set_parameters(quantizer: torch.nn.Module, values: dict[str, torch.Tensor]) 
 
 def assert_agrees(problems: list[str], case: str) -> None:
     assert not problems, f"{case}:\n  " + "\n  ".join(problems)
+
+
+def check_against_reference(
+    quantizer: torch.nn.Module,
+    fn: Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor],
+    x: torch.Tensor,
+    g: torch.Tensor,
+    params: dict[str, torch.Tensor],
+    unit: torch.Tensor | float,
+    case: str,
+    *,
+    grad_names: tuple[str, ...] | None = None,
+    **compare_options,
+) -> None:
+    """lowbit's ``quantizer`` against the reference ``fn`` on ``x`` with upstream gradient
+    ``g``: run both (the reference in float64, and in float32 for its conditioning),
+    ``compare`` with ``compare_options`` and assert that they agree."""
+    per_channel = compare_options.get("per_channel", False)
+    lib = run_library(quantizer, x, g)
+    ref = run_reference(fn, x, g, params, grad_names=grad_names, per_channel=per_channel)
+    ref32 = run_reference(fn, x, g, params, torch.float32, grad_names=grad_names)
+    assert_agrees(compare(lib, ref, ref32, x, g, unit, **compare_options), case)
+
+
+def quantizer_for(
+    method: str, bits: int, role: str, **weight_options
+) -> tuple[torch.nn.Module, bool]:
+    """lowbit's ``method`` quantizer for ``role`` ("weight", "unsigned input" or "signed
+    input"; weights with ``weight_options``) and whether the values it sees are signed."""
+    factory = lowbit.get_method(method)
+    if role == "weight":
+        return factory.weight_quantizer(bits, **weight_options), True
+    signed = role == "signed input"
+    return factory.input_quantizer(bits, signed=signed), signed

@@ -23,6 +23,7 @@ from refeq_apot import (
 from refeq_battery import (
     F64,
     assert_agrees,
+    check_against_reference,
     clean,
     compare,
     generator_for,
@@ -64,6 +65,25 @@ def tie_values(level_set, bits, signed, alpha, generator, count=8):
     return [exact[i] for i in order[:count]]
 
 
+def check_projection(q, method, bits, signed, shape, clip_input_gradient, gen, role):
+    """Eq. 7 / Eq. 8 of ``q`` (no normalization) at an exact ``alpha``, on a tensor drawn from
+    ``gen`` with exact ties between neighbouring levels, against the reference."""
+    alpha = exact_alpha(method, bits, signed)
+    set_parameters(q, {"alpha": torch.tensor(alpha)})
+    x, fixed = make_tensor(shape, alpha, gen)
+    ties = tie_values(method, bits, signed, alpha, gen)
+    place(x, fixed, torch.randperm(x.numel(), generator=gen)[: len(ties)].tolist(), ties)
+    x = clean(x, fixed, lambda v: rcf_margin(v, alpha, method, bits, signed), alpha, gen)
+
+    def fn(v, p):
+        return rcf(v, p["alpha"], method, bits, signed, clip_input_gradient=clip_input_gradient)
+
+    check_against_reference(
+        q, fn, x, gradient(x.shape, gen), {"alpha": torch.tensor(alpha)}, alpha,
+        f"{method} {bits}-bit {role}",
+    )
+
+
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
 @pytest.mark.parametrize("method,bits", RCF_CASES)
 def test_rcf_input_quantizer(method, bits, signed):
@@ -71,23 +91,8 @@ def test_rcf_input_quantizer(method, bits, signed):
     gradient, clipped straight-through input gradient (signed: [-alpha, alpha]; unsigned:
     clipped from above only, negatives project to 0). No normalization on inputs."""
     q = lowbit.get_method(method).input_quantizer(bits, signed=signed)
-    alpha = exact_alpha(method, bits, signed)
-    set_parameters(q, {"alpha": torch.tensor(alpha)})
     gen = generator_for(method, bits, signed, "input")
-    x, fixed = make_tensor(SHAPE_IN, alpha, gen)
-    ties = tie_values(method, bits, signed, alpha, gen)
-    place(x, fixed, torch.randperm(x.numel(), generator=gen)[: len(ties)].tolist(), ties)
-    x = clean(x, fixed, lambda v: rcf_margin(v, alpha, method, bits, signed), alpha, gen)
-    g = gradient(x.shape, gen)
-
-    def fn(v, p):
-        return rcf(v, p["alpha"], method, bits, signed, clip_input_gradient=True)
-
-    params = {"alpha": torch.tensor(alpha)}
-    lib = run_library(q, x, g)
-    ref = run_reference(fn, x, g, params)
-    ref32 = run_reference(fn, x, g, params, torch.float32)
-    assert_agrees(compare(lib, ref, ref32, x, g, alpha), f"{method} {bits}-bit input")
+    check_projection(q, method, bits, signed, SHAPE_IN, True, gen, "input")
 
 
 @pytest.mark.parametrize("method,bits", RCF_CASES)
@@ -106,13 +111,11 @@ def test_rcf_weight_quantizer(method, bits):
     def fn(v, p):
         return apot_weight(v, p["alpha"], method, bits, rescale=True)
 
-    params = {"alpha": torch.tensor(alpha)}
-    lib = run_library(q, x, g)
-    ref = run_reference(fn, x, g, params)
-    ref32 = run_reference(fn, x, g, params, torch.float32)
     divisor = float(normalize_weight(x.double())[1].detach())
-    problems = compare(lib, ref, ref32, x, g, alpha * divisor, coupled=True)
-    assert_agrees(problems, f"{method} {bits}-bit weight")
+    check_against_reference(
+        q, fn, x, g, {"alpha": torch.tensor(alpha)}, alpha * divisor,
+        f"{method} {bits}-bit weight", coupled=True,
+    )
 
 
 @pytest.mark.parametrize("method,bits", RCF_CASES)
@@ -121,23 +124,8 @@ def test_rcf_weight_projection_with_exact_ties(method, bits):
     signed set, ties to the larger level, Eq. 8 alpha gradient, identity input gradient
     (§2.5: dW_hat/dW_tilde = 1), also beyond +-alpha."""
     q = lowbit.get_method(method).weight_quantizer(bits, normalize=False)
-    alpha = exact_alpha(method, bits, True)
-    set_parameters(q, {"alpha": torch.tensor(alpha)})
     gen = generator_for(method, bits, "weight-ties")
-    x, fixed = make_tensor(SHAPE_W, alpha, gen)
-    ties = tie_values(method, bits, True, alpha, gen)
-    place(x, fixed, torch.randperm(x.numel(), generator=gen)[: len(ties)].tolist(), ties)
-    x = clean(x, fixed, lambda v: rcf_margin(v, alpha, method, bits, True), alpha, gen)
-    g = gradient(x.shape, gen)
-
-    def fn(v, p):
-        return rcf(v, p["alpha"], method, bits, True, clip_input_gradient=False)
-
-    params = {"alpha": torch.tensor(alpha)}
-    lib = run_library(q, x, g)
-    ref = run_reference(fn, x, g, params)
-    ref32 = run_reference(fn, x, g, params, torch.float32)
-    assert_agrees(compare(lib, ref, ref32, x, g, alpha), f"{method} {bits}-bit weight, ties")
+    check_projection(q, method, bits, True, SHAPE_W, False, gen, "weight, ties")
 
 
 @pytest.mark.parametrize("method,bits", RCF_CASES)

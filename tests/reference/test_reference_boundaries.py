@@ -21,6 +21,7 @@ from refeq_apot import rcf, unnormalized_levels
 from refeq_battery import (
     assert_agrees,
     compare,
+    quantizer_for,
     run_library,
     run_reference,
     set_parameters,
@@ -59,12 +60,7 @@ def rcf_methods():
 @pytest.mark.parametrize("method", rcf_methods())
 def test_rcf_at_alpha(method, role):
     """APoT Eq. 8 at ``|x| = alpha``: inside (``|W| <= alpha``)."""
-    signed = role != "unsigned input"
-    factory = lowbit.get_method(method)
-    if role == "weight":
-        q = factory.weight_quantizer(BITS, normalize=False)
-    else:
-        q = factory.input_quantizer(BITS, signed=signed)
+    q, signed = quantizer_for(method, BITS, role, normalize=False)
     _, top = unnormalized_levels(method, BITS, signed)
     alpha = top * 2.0 ** -int(torch.tensor(top).log2().floor())
     set_parameters(q, {"alpha": torch.tensor(alpha)})
@@ -89,12 +85,7 @@ def learned_step_cases():
 @pytest.mark.parametrize("method,role", learned_step_cases())
 def test_learned_step_at_the_clipping_bounds(method, role):
     """UniQ Eq. 6 / LSQ Eq. 3 on the bounds: the clipped cases (strict inside ranges)."""
-    signed = role != "unsigned input"
-    factory = lowbit.get_method(method)
-    if role == "weight":
-        q = factory.weight_quantizer(BITS, per_channel=False)
-    else:
-        q = factory.input_quantizer(BITS, signed=signed)
+    q, signed = quantizer_for(method, BITS, role, per_channel=False)
     grid = "unsigned" if not signed else ("symmetric" if method == "uniq" else "signed")
     step = 0.25
     low, high = clip_bounds(grid, BITS)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from refeq_battery import generator_for
+from refeq_battery import generator_for, quantizer_for
 from refeq_uniform import (
     UNIT_STEP_ACTIVATION,
     UNIT_STEP_WEIGHT,
@@ -80,10 +80,7 @@ def test_uniq_input_step_is_eq10_max_over_batches(bits, signed):
 def test_lsq_initial_step(bits, role):
     """LSQ §2.1: ``s = 2 <|v|> / sqrt(Q_P)`` (``Q_P = 2^b - 1`` unsigned, ``2^(b-1) - 1``
     signed) from the first tensor observed."""
-    factory = lowbit.get_method("lsq")
-    signed = role != "unsigned input"
-    q = (factory.weight_quantizer(bits) if role == "weight"
-         else factory.input_quantizer(bits, signed=signed))
+    q, signed = quantizer_for("lsq", bits, role)
     (x,) = batches((8, 30), 1, generator_for("lsq-init", bits, role), positive=not signed)
     q.observe(x)
     want = lsq_initial_step(x, positive_codes("signed" if signed else "unsigned", bits))

@@ -12,15 +12,12 @@ from __future__ import annotations
 import pytest
 import torch
 from refeq_battery import (
-    assert_agrees,
+    check_against_reference,
     clean,
-    compare,
     generator_for,
     gradient,
     make_tensor,
     place,
-    run_library,
-    run_reference,
     set_parameters,
 )
 from refeq_pact import dorefa_margin, dorefa_weight, pact, pact_margin, pact_steps
@@ -60,12 +57,10 @@ def test_dorefa_weight_quantizer(method, bits):
     def fn(v, p):
         return dorefa_weight(v, bits, scheme, rescale=True)
 
-    lib = run_library(q, x, g)
-    ref = run_reference(fn, x, g, {})
-    ref32 = run_reference(fn, x, g, {}, torch.float32)
-    unit = float(x.abs().max())
-    problems = compare(lib, ref, ref32, x, g, unit, coupled=True)
-    assert_agrees(problems, f"{method} {bits}-bit weight ({scheme})")
+    check_against_reference(
+        q, fn, x, g, {}, float(x.abs().max()), f"{method} {bits}-bit weight ({scheme})",
+        coupled=True,
+    )
 
 
 @pytest.mark.parametrize("signed", [False, True], ids=["unsigned", "signed"])
@@ -96,10 +91,9 @@ def test_pact_input_quantizer(method, bits, signed):
 
     params = {"alpha": torch.tensor(alpha)}
     names = () if alpha_gradient is None else ("alpha",)
-    lib = run_library(q, x, g)
-    ref = run_reference(fn, x, g, params, grad_names=names)
-    ref32 = run_reference(fn, x, g, params, torch.float32, grad_names=names)
     kinks = None if signed else (x == 0)  # the lower clipping bound
-    problems = compare(lib, ref, ref32, x, g, 0.25, kinks=kinks)
     kind = "signed" if signed else "unsigned"
-    assert_agrees(problems, f"{method} {bits}-bit {kind} input")
+    check_against_reference(
+        q, fn, x, g, params, 0.25, f"{method} {bits}-bit {kind} input", grad_names=names,
+        kinks=kinks,
+    )

@@ -24,12 +24,14 @@ from refeq_battery import (
     F64,
     Outcome,
     assert_agrees,
+    check_against_reference,
     clean,
     compare,
     generator_for,
     gradient,
     make_tensor,
     place,
+    quantizer_for,
     run_library,
     run_reference,
     set_parameters,
@@ -96,11 +98,7 @@ def test_srq_without_masks(method, bits, role):
     which the spec gives no masks): forward the mode of ``pi / sum pi`` over the grid (the
     nearest grid point, half-way values to the larger), backward the multi-class STE through
     ``r_imax = pi_imax / sum pi``, gradients into x, alpha and sigma."""
-    signed = role != "unsigned input"
-    factory = lowbit.get_method(method)
-    q = factory.weight_quantizer(bits) if role == "weight" else factory.input_quantizer(
-        bits, signed=signed
-    )
+    q, signed = quantizer_for(method, bits, role)
     gen = generator_for(method, bits, role)
     shape = SHAPE_W if role == "weight" else SHAPE_IN
     x = grid_tensor(shape, bits, signed, gen,
@@ -210,14 +208,6 @@ def rq_cases():
     ]
 
 
-def rq_quantizer(bits, role):
-    factory = lowbit.get_method("rq")
-    if role == "weight":
-        return factory.weight_quantizer(bits), True
-    signed = role == "signed input"
-    return factory.input_quantizer(bits, signed=signed), signed
-
-
 def noise(seed, x, size):
     """The Gumbel noise lowbit's RQ forward draws after ``torch.manual_seed(seed)``, on either
     path: the counter-based uniforms ``u`` of the seed it takes from torch (``quant.noise``;
@@ -229,11 +219,11 @@ def noise(seed, x, size):
 
 
 @pytest.mark.parametrize("bits,role", rq_cases())
-def test_rq_training_given_its_noise(bits, role, kernel_path):
+def test_rq_training_given_its_noise(bits, role):
     """RQ training, Eq. 1-2 / Algorithm 2: ``x_hat = alpha sum_i r_i k_i``,
     ``r = softmax((log pi_i + u_i) / tau)`` over Louizos' local window, ``tau = 1``, with the
     Gumbel noise ``u`` lowbit drew; gradients by autograd into x, alpha and sigma."""
-    q, signed = rq_quantizer(bits, role)
+    q, signed = quantizer_for("rq", bits, role)
     gen = generator_for("rq", bits, role, "train")
     x = grid_tensor(SHAPE_W if role == "weight" else SHAPE_IN, bits, signed, gen,
                     lambda v: rq_margin(v, ALPHA))
@@ -250,18 +240,17 @@ def test_rq_training_given_its_noise(bits, role, kernel_path):
 
     params = {"alpha": torch.tensor(ALPHA), "sigma": torch.tensor(RQ_SIGMA)}
     torch.manual_seed(seed)
-    lib = run_library(q, x, g)
-    ref = run_reference(fn, x, g, params)
-    ref32 = run_reference(fn, x, g, params, torch.float32)
-    problems = compare(lib, ref, ref32, x, g, min(ALPHA, RQ_SIGMA), smooth_forward=True)
-    assert_agrees(problems, f"rq {bits}-bit {role}, training ({kernel_path} noise)")
+    check_against_reference(
+        q, fn, x, g, params, min(ALPHA, RQ_SIGMA), f"rq {bits}-bit {role}, training",
+        smooth_forward=True,
+    )
 
 
 @pytest.mark.parametrize("bits,role", rq_cases())
 def test_rq_evaluation(bits, role):
     """RQ inference, Algorithm 3: ``min(max(alpha round(x / alpha), g_0), g_last)``, half-way
     values to the larger point."""
-    q, signed = rq_quantizer(bits, role)
+    q, signed = quantizer_for("rq", bits, role)
     gen = generator_for("rq", bits, role, "eval")
     x = grid_tensor(SHAPE_IN, bits, signed, gen, lambda v: rq_margin(v, ALPHA))
     setup(q, x, RQ_SIGMA)

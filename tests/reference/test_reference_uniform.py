@@ -12,15 +12,12 @@ import math
 import pytest
 import torch
 from refeq_battery import (
-    assert_agrees,
+    check_against_reference,
     clean,
-    compare,
     generator_for,
     gradient,
     make_tensor,
     place,
-    run_library,
-    run_reference,
     set_parameters,
 )
 from refeq_uniform import (
@@ -105,15 +102,11 @@ def run_case(method, bits, grid, per_channel, quantizer, shape, steps, label):
     g = 1.0 / math.sqrt(n * positive_codes(grid, bits))
     fn = reference_fn(method, grid, bits, g)
     params = {"step": step_param}
-    lib = run_library(quantizer, x, g_out)
-    ref = run_reference(fn, x, g_out, params, per_channel=per_channel)
-    ref32 = run_reference(fn, x, g_out, params, torch.float32)
     kinks = (x == 0) if grid == "unsigned" else None  # the lower clipping bound
-    problems = compare(
-        lib, ref, ref32, x, g_out, unit, kinks=kinks, multiplier={"step": g},
-        per_channel=per_channel,
+    check_against_reference(
+        quantizer, fn, x, g_out, params, unit, f"{method} {bits}-bit {label}", kinks=kinks,
+        multiplier={"step": g}, per_channel=per_channel,
     )
-    assert_agrees(problems, f"{method} {bits}-bit {label}")
 
 
 WEIGHT_CASES = [

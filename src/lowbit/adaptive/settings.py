@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, is_number
 from lowbit.quant.dorefa import check_bit_widths
 
 # "dynamic": CoQuant's teacher selection (Eq. 4, see teacher.py); "highest": AdaBits-style
@@ -49,9 +49,9 @@ class AdaptiveSettings:
                 "adaptive.swap needs a teacher to swap blocks with; set adaptive.swap=false or "
                 "adaptive.teacher to dynamic, highest or next"
             )
-        if not _number(self.p1) or not 0 <= self.p1 <= 1:
+        if not is_number(self.p1) or not 0 <= self.p1 <= 1:
             raise LowbitError(f"adaptive.p1 must be a probability in [0, 1], got {self.p1!r}")
-        if not _number(self.lam) or self.lam < 0:
+        if not is_number(self.lam) or self.lam < 0:
             raise LowbitError(f"adaptive.lambda must be a number >= 0, got {self.lam!r}")
         _whole("block_depth", self.block_depth, 1)
         _whole("bn_calibration_batches", self.bn_calibration_batches, 0)
@@ -70,10 +70,6 @@ def adaptive_settings(config: Mapping[str, Any]) -> AdaptiveSettings | None:
     ``adaptive`` section existed included)."""
     section = config.get("adaptive") or {}
     return None if section.get("bits") is None else AdaptiveSettings.from_config(section)
-
-
-def _number(value: Any) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float))
 
 
 def _choice(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -94,7 +94,7 @@ def _from_checkpoint(path: str) -> tuple[nn.Module, dict[str, Any]]:
         num_classes = state[f"{names[-1]}.weight"].shape[0]
     except (IndexError, KeyError):
         raise LowbitError(f"{path!r} does not hold the layers of {config.model.name}") from None
-    model = rebuild_model(checkpoint, num_classes, in_channels, path)
+    model = rebuild_model(checkpoint, num_classes, in_channels, path, config)
     quantized = checkpoint.get("stage", "quant") == "quant" and config.bits is not None
     info = {
         "name": config.model.name,

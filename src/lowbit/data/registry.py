@@ -10,7 +10,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from lowbit.data.folders import BadFiles
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, is_number
 
 
 class BatchLoader(Protocol):
@@ -67,8 +67,7 @@ class DataOptions:
 
     def __post_init__(self) -> None:
         fraction, limit = self.val_fraction, self.eval_limit
-        number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
-        if not (number and 0 <= fraction < 1):
+        if not (is_number(fraction) and 0 <= fraction < 1):
             raise LowbitError(
                 f"data.val_fraction must be at least 0 and below 1, got {fraction!r}"
             )

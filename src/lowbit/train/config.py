@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, is_number
 from lowbit.train.recipes import find_recipe, read_yaml
 
 # The embedded default run: digits, small CNN, float pre-training then APoT 4-bit fine-tuning.
@@ -169,11 +169,7 @@ def _value(config: Mapping[str, Any], key: str) -> Any:
     return value
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
-def check_numbers(config: Mapping[str, Any]) -> None:
+def check_values(config: Mapping[str, Any]) -> None:
     """Every numeric setting is a number of the right kind and range (``NUMBERS``) and every
     flag a boolean (``FLAGS``); a ``LowbitError`` names the first that is not."""
     for key in FLAGS:
@@ -184,7 +180,7 @@ def check_numbers(config: Mapping[str, Any]) -> None:
         if value is None and nullable:
             continue
         kind = "a whole number" if whole else "a finite number"
-        ok_type = isinstance(value, int) if whole else _is_number(value)
+        ok_type = isinstance(value, int) if whole else is_number(value)
         if isinstance(value, bool) or not ok_type or not math.isfinite(value):
             raise LowbitError(f"{key} must be {kind}, got {value!r}")
         if lowest is not None and not (value >= lowest if inclusive else value > lowest):
@@ -194,7 +190,7 @@ def check_numbers(config: Mapping[str, Any]) -> None:
         values = _value(config, key)
         if not (
             isinstance(values, list) and (length is None or len(values) == length)
-            and all(_is_number(v) and lowest <= v < below for v in values)
+            and all(is_number(v) and lowest <= v < below for v in values)
         ):
             count = f"{length} " if length else ""
             raise LowbitError(

@@ -19,7 +19,7 @@ from types import MappingProxyType
 from typing import Any
 
 from lowbit.adaptive import AdaptiveSettings, adaptive_settings
-from lowbit.train.config import check_numbers, load_run_config
+from lowbit.train.config import check_values, load_run_config
 
 
 def _frozen(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -118,7 +118,7 @@ class RunConfig:
     @classmethod
     def parse(cls, values: Mapping[str, Any]) -> RunConfig:
         """From a complete mapping (``resolve_config``'s result), checking every value."""
-        check_numbers(values)
+        check_values(values)
         data, model = values["data"], values["model"]
         return cls(
             **{key: values[key] for key in SCALARS},
