@@ -11,8 +11,8 @@ import lowbit
 from lowbit.analysis.error import clip_projection_error, clipping_ratio, weight_errors
 from lowbit.errors import LowbitError
 from lowbit.models import build_model
+from lowbit.quant.apot import normalize_weight
 from lowbit.quant.init import optimal_sqnr_db
-from lowbit.quant.rcf import normalize_weight
 
 
 def test_eq14_split_by_hand():

@@ -5,13 +5,9 @@ import pytest
 import torch
 
 from lowbit.errors import LowbitError
-from lowbit.quant.dorefa import (
-    DoReFaWeightQuantizer,
-    PACTQuantizer,
-    check_bit_widths,
-    dorefa_weight_quantize,
-    pact_quantize,
-)
+from lowbit.quant.bit_widths import check_bit_widths
+from lowbit.quant.dorefa import DoReFaWeightQuantizer, dorefa_weight_quantize
+from lowbit.quant.pact import PACTQuantizer, pact_quantize
 from lowbit.quant.registry import get_method
 
 

@@ -23,7 +23,8 @@ from lowbit.quant.dropbits import (
     mask_runs,
     smoothed_l0,
 )
-from lowbit.quant.relaxed import SRQQuantizer, round_to_grid
+from lowbit.quant.logistic_grid import round_to_grid
+from lowbit.quant.srq import SRQQuantizer
 from lowbit.train.hooks import learned_bits
 
 

@@ -17,7 +17,7 @@ from lowbit.quant.init import (
     optimal_step_size,
     sqnr_db,
 )
-from lowbit.quant.uniform import code_range, learned_step_quantize
+from lowbit.quant.uniq import code_range, learned_step_quantize
 
 # UniQ Table 1: N -> (step_w^u, SQNR_w dB, step_a^u, SQNR_a dB), as printed.
 TABLE_1 = {

@@ -9,7 +9,7 @@ import lowbit
 from lowbit.errors import LowbitError
 from lowbit.nn.calibrate import calibrate
 from lowbit.quant.registry import get_method
-from lowbit.quant.uniform import (
+from lowbit.quant.uniq import (
     LearnedStepQuantizer,
     learned_step_quantize,
     lsq_input_quantizer,

@@ -7,13 +7,13 @@ import pytest
 import torch
 
 from lowbit.quant import native
-from lowbit.quant.dorefa import pact_quantize
+from lowbit.quant.apot import rcf_quantize
 from lowbit.quant.levels import levels
 from lowbit.quant.noise import counter_uniforms, element_counters
+from lowbit.quant.pact import pact_quantize
 from lowbit.quant.project import grid_cells, grid_table, midpoints, project_on_grid
-from lowbit.quant.rcf import rcf_quantize
 from lowbit.quant.ste import clip_backward
-from lowbit.quant.uniform import learned_step_quantize
+from lowbit.quant.uniq import learned_step_quantize
 
 pytestmark = pytest.mark.skipif(native.library() is None, reason="no C compiler here")
 
@@ -237,7 +237,8 @@ def test_srq_forward_bitwise_backward_at_least_as_precise_as_eager(monkeypatch, 
     others in 8). Backward (Eq. 3 through r = pi / sum_j pi_j): no further from a float64
     evaluation than the eager float32 (the kernel takes the cancelling terms of the cell's
     and the grid's edges in double, where the eager formulas lose bits)."""
-    from lowbit.quant.relaxed import grid_bounds, semi_relaxed_quantize
+    from lowbit.quant.logistic_grid import grid_bounds
+    from lowbit.quant.srq import semi_relaxed_quantize
 
     lo, hi = grid_bounds(bits, signed)
     generator = torch.Generator().manual_seed(3)
@@ -265,7 +266,7 @@ def test_srq_masked_backward_at_least_as_precise_as_eager(monkeypatch, bits, des
     alpha, sigma and the gates are no further from a float64 evaluation than the eager
     float32 ones, with a dropped level (Z = 0), fractional gates and values past the grid."""
     from lowbit.quant.dropbits import mask_count, mask_runs
-    from lowbit.quant.relaxed import semi_relaxed_quantize
+    from lowbit.quant.srq import semi_relaxed_quantize
 
     runs = mask_runs(bits, design)
     generator = torch.Generator().manual_seed(bits)
@@ -312,7 +313,7 @@ def test_unwritable_cache_warns_and_falls_back(tmp_path, monkeypatch):
 def rq_reference(x, alpha, sigma, lo, hi, tau, seed, grad, dtype=torch.float64):
     """Eq. 1-2 over the local window by autograd in ``dtype``, with the uniforms RQ draws
     (the kernel draws the same: tests/quant/test_noise.py)."""
-    from lowbit.quant.relaxed import local_window, log_cell_probability
+    from lowbit.quant.rq import local_window, log_cell_probability
 
     x, alpha, sigma = (t.to(dtype).clone().requires_grad_() for t in (x, alpha, sigma))
     k = local_window(x, alpha, sigma, lo, hi, 3.0)
@@ -330,7 +331,7 @@ def rq_reference(x, alpha, sigma, lo, hi, tau, seed, grad, dtype=torch.float64):
 def test_rq_kernel_is_eq2_autograd_with_its_noise(lo, hi, sigma, tau):
     """Forward and gradients of the fused RQ equal float64 autograd of Eq. 1-2 over the
     local window, given the kernel's uniforms; x reaches far outside the grid."""
-    from lowbit.quant.relaxed import relaxed_quantize
+    from lowbit.quant.rq import relaxed_quantize
 
     generator = torch.Generator().manual_seed(4)
     x0 = torch.cat([torch.randn(4000, generator=generator) * 0.1 * (hi - lo) / 4,
@@ -354,7 +355,7 @@ def test_rq_kernel_is_eq2_autograd_with_its_noise(lo, hi, sigma, tau):
 
 
 def test_rq_kernel_noise_does_not_depend_on_threads():
-    from lowbit.quant.relaxed import relaxed_quantize
+    from lowbit.quant.rq import relaxed_quantize
 
     x = torch.randn(100_000) * 0.3
     threads = torch.get_num_threads()
@@ -375,7 +376,7 @@ def test_rq_draws_the_same_noise_with_and_without_kernels(kernel_path, monkeypat
     """The same seed gives the same RQ forward and gradients on the kernel and the eager
     formulas, contiguous or channels-last (within float32 rounding: the kernel's exp and log
     are polynomials); the noise is counter-based (tests/quant/test_noise.py)."""
-    from lowbit.quant.relaxed import relaxed_quantize
+    from lowbit.quant.rq import relaxed_quantize
 
     if kernel_path == "eager":
         pytest.skip("compares the two paths itself")

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 import lowbit
 from lowbit.models import build_model
-from lowbit.quant.rcf import rcf_quantize
+from lowbit.quant.apot import rcf_quantize
 from lowbit.quant.registry import available_methods
 
 

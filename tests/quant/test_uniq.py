@@ -11,7 +11,7 @@ from lowbit.errors import LowbitError
 from lowbit.nn.calibrate import calibrate
 from lowbit.quant.init import optimal_step_size
 from lowbit.quant.registry import get_method
-from lowbit.quant.uniform import (
+from lowbit.quant.uniq import (
     LearnedStepQuantizer,
     learned_step_quantize,
     uniq_input_quantizer,

@@ -71,7 +71,7 @@ def srq_scores(x, alpha, sigma, bits, signed, gates=None):
 def mode_index(scores: torch.Tensor) -> torch.Tensor:
     """``argmax_i`` of Algorithm 1 line 16; points whose scores equal the best (a value
     half-way between two grid points, to rounding) go to the larger point, the tie rule
-    ``lowbit.quant.relaxed`` states."""
+    ``lowbit.quant.logistic_grid`` states."""
     tolerance = 1e-9 if scores.dtype == F64 else 1e-5
     best = scores.max(dim=-1, keepdim=True).values
     tied = scores >= best - tolerance * best.abs().clamp(min=1)
@@ -122,7 +122,7 @@ def srq_margin(x, alpha, sigma, bits, signed, gates=None) -> torch.Tensor:
 def round_to_grid(x: torch.Tensor, alpha: torch.Tensor, bits: int, signed: bool):
     """Algorithm 3 (RQ inference) and Algorithm 1 lines 27-28 (SRQ deployment):
     ``min(max(alpha round(x / alpha), g_0), g_last)``; a half-way value goes to the larger
-    point (``lowbit.quant.relaxed``'s stated rule)."""
+    point (``lowbit.quant.logistic_grid``'s stated rule)."""
     lo, hi = grid_integers(bits, signed)
     return torch.floor(x / alpha + 0.5).clamp(lo, hi) * alpha
 

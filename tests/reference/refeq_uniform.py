@@ -57,7 +57,7 @@ def uniq_weight(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Tensor:
     ``sign(x) alpha``, a length where a pure number belongs: ``alpha`` itself scales with
     ``Delta``). ``dQ/dx = 1`` for ``|x| < alpha``, else 0. Ties (``x / Delta`` an integer)
     round away from zero, so ``Q(-x) = -Q(x)`` holds exactly (the sign-magnitude rule
-    ``lowbit.quant.uniform`` documents); Eq. 3 itself does not say.
+    ``lowbit.quant.uniq`` documents); Eq. 3 itself does not say.
     """
     n_levels = 2**bits
     delta = channel_view(step, x)
@@ -75,7 +75,7 @@ def uniq_activation(x: torch.Tensor, step: torch.Tensor, bits: int) -> torch.Ten
     """UniQ Eq. 5, ``Q_a(x) = round(clip_N(x / Delta)) Delta``; its step gradient is found
     "similarly" to Eq. 6: ``round(x/Delta) - x/Delta`` for ``0 < x/Delta < N - 1``, the
     clipped code (``N - 1`` above, 0 below) outside. Ties round half to even (the rule
-    ``lowbit.quant.uniform`` documents)."""
+    ``lowbit.quant.uniq`` documents)."""
     return _clipped_round(x, channel_view(step, x), 0.0, 2.0**bits - 1)
 
 

@@ -13,7 +13,7 @@ from torch import nn
 from lowbit.adaptive.calibration import recalibrate_batchnorm
 from lowbit.adaptive.switchable import model_bit_widths, set_bits
 from lowbit.errors import LowbitError
-from lowbit.quant.dorefa import check_bits
+from lowbit.quant.bit_widths import check_bits
 from lowbit.train.loop import evaluate
 
 

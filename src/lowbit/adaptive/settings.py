@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from lowbit.errors import LowbitError, is_number
-from lowbit.quant.dorefa import check_bit_widths
+from lowbit.quant.bit_widths import check_bit_widths
 
 # "dynamic": CoQuant's teacher selection (Eq. 4, see teacher.py); "highest": AdaBits-style
 # distillation from b1; "next": the next-higher bit-width (Any-Precision); "none": switchable

@@ -22,7 +22,7 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.nn.quantize import LayerSpec, quantizable_layers, quantize, set_submodule
-from lowbit.quant.dorefa import check_bit_widths, check_bits, nearest_index
+from lowbit.quant.bit_widths import check_bit_widths, check_bits, nearest_index
 from lowbit.quant.registry import available_methods, get_method
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)

@@ -35,7 +35,9 @@ import torch.nn.functional as F
 
 from lowbit.errors import LowbitError
 from lowbit.quant.dropbits import NO_MASK, hard_concrete_sample, mask_count, mask_groups, mask_runs
-from lowbit.quant.relaxed import grid_bounds, log_cell_probability, srq_argmax
+from lowbit.quant.logistic_grid import grid_bounds
+from lowbit.quant.rq import log_cell_probability
+from lowbit.quant.srq import srq_argmax
 
 DESCRIPTION = " ".join(__doc__.split("\n\n")[0].split())  # the first paragraph, for --help
 METHODS = ("RQ", "SRQ", "SRQ+DropBits")

@@ -26,11 +26,11 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.quant.apot import WEIGHT_NORMALIZATIONS, RCFQuantizer, weight_statistics
 from lowbit.quant.levels import apot_terms
 from lowbit.quant.levels import levels as named_levels
 from lowbit.quant.maxscale import MaxScaleQuantizer
-from lowbit.quant.rcf import WEIGHT_NORMALIZATIONS, RCFQuantizer, weight_statistics
-from lowbit.quant.uniform import LearnedStepQuantizer
+from lowbit.quant.uniq import LearnedStepQuantizer
 
 GridSpec = dict[str, Any]
 

@@ -62,7 +62,7 @@ def mask_runs(bits: int, design: str = "bitwise") -> list[Run]:
     """Maximal runs of consecutive grid integers that share a mask, in increasing order.
 
     Within a run every score ``Z * pi_k`` has the same ``Z``, so SRQ's mode over the run is the
-    run's point nearest to x: one candidate per run (``lowbit.quant.relaxed.srq_argmax``).
+    run's point nearest to x: one candidate per run (``lowbit.quant.srq.srq_argmax``).
     """
     groups = mask_groups(bits, design)
     first = -(2 ** (bits - 1))

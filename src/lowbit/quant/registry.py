@@ -12,11 +12,13 @@ from typing import Callable
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.quant.dorefa import DoReFaWeightQuantizer, PACTQuantizer
+from lowbit.quant.apot import RCFQuantizer
+from lowbit.quant.dorefa import DoReFaWeightQuantizer
 from lowbit.quant.maxscale import MaxScaleQuantizer
-from lowbit.quant.rcf import RCFQuantizer
-from lowbit.quant.relaxed import RQQuantizer, SRQQuantizer
-from lowbit.quant.uniform import (
+from lowbit.quant.pact import PACTQuantizer
+from lowbit.quant.rq import RQQuantizer
+from lowbit.quant.srq import SRQQuantizer
+from lowbit.quant.uniq import (
     lsq_input_quantizer,
     lsq_weight_quantizer,
     uniq_input_quantizer,

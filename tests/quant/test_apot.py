@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 
 import lowbit
 from lowbit.errors import LowbitError
+from lowbit.quant.apot import WEIGHT_NORMALIZATIONS, RCFQuantizer, normalize_weight, rcf_quantize
 from lowbit.quant.project import project_to_levels
-from lowbit.quant.rcf import WEIGHT_NORMALIZATIONS, RCFQuantizer, normalize_weight, rcf_quantize
 from lowbit.quant.registry import get_method
 
 

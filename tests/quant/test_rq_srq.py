@@ -13,18 +13,10 @@ import lowbit
 from lowbit.errors import LowbitError
 from lowbit.nn.calibrate import calibrate
 from lowbit.quant.dropbits import NO_MASK, mask_count, mask_groups, mask_runs
+from lowbit.quant.logistic_grid import grid_bounds, round_to_grid
 from lowbit.quant.noise import counter_uniforms
-from lowbit.quant.relaxed import (
-    RQQuantizer,
-    SRQQuantizer,
-    grid_bounds,
-    local_window,
-    log_cell_probability,
-    relaxed_quantize,
-    round_to_grid,
-    semi_relaxed_quantize,
-    srq_argmax,
-)
+from lowbit.quant.rq import RQQuantizer, local_window, log_cell_probability, relaxed_quantize
+from lowbit.quant.srq import SRQQuantizer, semi_relaxed_quantize, srq_argmax
 
 F64 = torch.float64
 
