@@ -22,5 +22,5 @@ def kernel_path(request, monkeypatch):
     if request.param == "native" and native.library() is None:
         pytest.skip("the CPU kernels are not built here (no C compiler)")
     if request.param == "eager":
-        monkeypatch.setattr(native, "usable", lambda *tensors: False)
+        monkeypatch.setattr(native, "serves", lambda *tensors: False)
     return request.param

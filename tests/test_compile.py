@@ -1,11 +1,11 @@
 """``torch.compile`` of a quantized ResNet-20: one graph, no break, results equal to eager.
 
-The graph check traces with dynamo (``torch._dynamo.explain``); the equality check compiles
-with ``backend="aot_eager"``, which runs the traced forward and backward graphs (custom
-autograd Functions included) on eager kernels, so it needs no C++ compiler and takes the
-quantizers' ``torch.compile`` code path (tensor-valued scales, compare-and-select
-gradients) on the CPU. Data-initialized step sizes (UniQ) are set by one eager forward
-first, as a training run's first step would; dynamo recompiles once they are.
+The graph check traces with dynamo (``torch._dynamo.explain``): each quantizer is one
+``lowbit`` operator in the graph, opaque to dynamo (``torch.library.custom_op``). The
+equality check compiles with ``backend="aot_eager"``, which runs the traced forward and
+backward graphs on eager kernels, so it needs no C++ compiler; the operators run their CPU
+implementations there, as in eager mode. Data-initialized step sizes (UniQ) are set by one
+eager forward first, as a training run's first step would; dynamo recompiles once they are.
 """
 
 import copy
@@ -18,7 +18,8 @@ import torch.nn.functional as F
 import lowbit
 from lowbit.models import build_model
 
-METHODS = ["apot", "uniq", "pact"]  # RCF grid lookup, learned step, a clip read on the host
+# The operator of each method's quantizers (PACT's weights are DoReFa's: traced formulas).
+OPERATORS = {"apot": "rcf_quantize", "uniq": "learned_step_quantize", "pact": "pact_quantize"}
 
 
 def _quantized_resnet20(method: str) -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
@@ -29,7 +30,7 @@ def _quantized_resnet20(method: str) -> tuple[torch.nn.Module, torch.Tensor, tor
     return model, x, y
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", OPERATORS)
 def test_compiling_makes_one_graph_without_breaks(method):
     model, x, _ = _quantized_resnet20(method)
     torch._dynamo.reset()
@@ -37,9 +38,10 @@ def test_compiling_makes_one_graph_without_breaks(method):
     reasons = [b.reason for b in explanation.break_reasons]
     assert explanation.graph_break_count == 0, reasons
     assert explanation.graph_count == 1
+    assert f"torch.ops.lowbit.{OPERATORS[method]}" in explanation.graphs[0].code
 
 
-@pytest.mark.parametrize("method", ["apot", "uniq"])
+@pytest.mark.parametrize("method", OPERATORS)
 def test_compiled_forward_and_backward_equal_eager(method):
     model, x, y = _quantized_resnet20(method)
     twin = copy.deepcopy(model)

@@ -11,7 +11,7 @@ from lowbit.quant.apot import rcf_quantize
 from lowbit.quant.levels import levels
 from lowbit.quant.noise import counter_uniforms, element_counters
 from lowbit.quant.pact import pact_quantize
-from lowbit.quant.project import grid_cells, grid_table, midpoints, project_on_grid
+from lowbit.quant.project import grid_cells, grid_table, midpoints
 from lowbit.quant.ste import clip_backward
 from lowbit.quant.uniq import learned_step_quantize
 
@@ -24,10 +24,11 @@ def kernel_path():
 
 
 def both_paths(monkeypatch, fn):
-    """``fn()`` on the kernels, then on the eager formulas."""
+    """``fn()`` on the kernels, then on the eager formulas (the operators' CPU implementations
+    fall back to their formulas where the kernels do not serve)."""
     fused = fn()
     with monkeypatch.context() as patch:
-        patch.setattr(native, "usable", lambda *tensors: False)
+        patch.setattr(native, "serves", lambda *tensors: False)
         eager = fn()
     return fused, eager
 
@@ -60,9 +61,8 @@ def test_grid_lookup_equals_eager_bitwise(monkeypatch, level_set, bits, signed, 
     table = grid_table(grid, grid_cells(grid)).float()
     alpha = torch.tensor(alpha)
     x = awkward()
-    lo = -1.0 if signed else 0.0
     fused, eager = both_paths(
-        monkeypatch, lambda: project_on_grid(x, table * alpha, lo, 1.0, alpha)
+        monkeypatch, lambda: rcf_quantize(x, alpha, grid.float(), signed=signed, table=table)
     )
     assert torch.equal(fused, eager)
 
@@ -84,11 +84,16 @@ def test_search_lookup_equals_bucketize_bitwise(monkeypatch, bits, signed):
     assert math.isnan(nan[0]) and not math.isnan(nan[1])
 
 
-def test_grid_lookup_keeps_nan():
+def unsigned_apot_4(x):
+    """4-bit unsigned APoT at alpha = 1 by grid lookup."""
     grid = levels("apot", 4, False)
     table = grid_table(grid, grid_cells(grid)).float()
-    out = project_on_grid(torch.tensor([0.3, math.nan, 5.0]), table, 0.0, 1.0)
-    assert out[0] == project_on_grid(torch.tensor([0.3]), table, 0.0, 1.0)[0]
+    return rcf_quantize(x, torch.tensor(1.0), grid.float(), signed=False, table=table)
+
+
+def test_grid_lookup_keeps_nan():
+    out = unsigned_apot_4(torch.tensor([0.3, math.nan, 5.0]))
+    assert out[0] == unsigned_apot_4(torch.tensor([0.3]))[0]
     assert math.isnan(out[1]) and out[2] == 1.0
 
 
@@ -112,15 +117,20 @@ def test_learned_step_forward_and_backward_equal_eager(monkeypatch, symmetric, q
 
 
 @pytest.mark.parametrize("bits", [2, 4, 8])
-def test_pact_forward_and_backward_equal_eager(monkeypatch, bits):
-    x0 = torch.cat([awkward(scale=3.0)[:-3], torch.tensor([0.0, 1.5, 3.0])])
+@pytest.mark.parametrize("signed,alpha_gradient", [
+    (False, "pact"), (True, "pact"), (False, "adabits")
+])
+@pytest.mark.parametrize("alpha", [3.0, 0.7391])
+def test_pact_forward_and_backward_equal_eager(monkeypatch, bits, signed, alpha_gradient,
+                                               alpha):
+    x0 = torch.cat([awkward(scale=alpha)[:-3], torch.tensor([0.0, alpha / 2, alpha])])
     grad = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
 
     def run():
-        x, alpha = x0.clone().requires_grad_(), torch.tensor(3.0, requires_grad=True)
-        out = pact_quantize(x, alpha, bits)
+        x, alpha_ = x0.clone().requires_grad_(), torch.tensor(alpha, requires_grad=True)
+        out = pact_quantize(x, alpha_, bits, signed, alpha_gradient)
         out.backward(grad)
-        return out.detach(), x.grad, alpha.grad
+        return out.detach(), x.grad, alpha_.grad
 
     (out_f, gx_f, ga_f), (out_e, gx_e, ga_e) = both_paths(monkeypatch, run)
     assert torch.equal(out_f, out_e) and torch.equal(gx_f, gx_e)
@@ -163,6 +173,7 @@ def test_channels_last_and_mixed_layouts(monkeypatch):
         (out_f, gx_f), (out_e, gx_e) = both_paths(monkeypatch, run)
         assert torch.equal(out_f, out_e) and torch.equal(gx_f, gx_e)
         assert out_f.is_contiguous(memory_format=torch.channels_last)
+        assert out_e.is_contiguous(memory_format=torch.channels_last)
 
 
 def test_thread_count_does_not_change_results():
@@ -172,21 +183,21 @@ def test_thread_count_does_not_change_results():
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = project_on_grid(x, table, -1.0, 1.0)
+        one = rcf_quantize(x, torch.tensor(1.0), grid.float(), table=table)
         torch.set_num_threads(2)
-        two = project_on_grid(x, table, -1.0, 1.0)
+        two = rcf_quantize(x, torch.tensor(1.0), grid.float(), table=table)
     finally:
         torch.set_num_threads(threads)
     assert torch.equal(one, two)
 
 
-def test_not_usable_for_other_dtypes_devices_and_shapes():
+def test_serves_float32_of_one_shape_and_dense_layout_only():
     x = torch.randn(10)
-    assert native.usable(x, torch.randn(10))
-    assert not native.usable(x.double())
-    assert not native.usable(x.half())
-    assert not native.usable(x, torch.randn(11))
-    assert not native.usable(torch.randn(10, 2)[:, 0])  # strided view
+    assert native.serves(x, torch.randn(10))
+    assert not native.serves(x.double())
+    assert not native.serves(x.half())
+    assert not native.serves(x, torch.randn(11))
+    assert not native.serves(torch.randn(10, 2)[:, 0])  # strided view
 
 
 def test_build_is_cached(tmp_path, monkeypatch):
@@ -211,7 +222,7 @@ def test_disabled_or_no_compiler_falls_back(monkeypatch):
         monkeypatch.setattr(native, "_compiler", lambda: None)
         with pytest.warns(UserWarning, match="no C compiler"):
             assert native.library() is None
-        assert not native.usable(torch.randn(3))
+        assert not native.serves(torch.randn(3))
         x = torch.randn(5)  # the quantizers still work, on the eager formulas
         assert learned_step_quantize(x, torch.tensor(0.5), 0.0, 3.0).shape == x.shape
     finally:
@@ -289,13 +300,10 @@ def test_srq_masked_backward_at_least_as_precise_as_eager(monkeypatch, bits, des
 
 
 def test_empty_and_offset_views():
-    grid = levels("apot", 4, False)
-    table = grid_table(grid, grid_cells(grid)).float()
-    assert project_on_grid(torch.empty(0), table, 0.0, 1.0).shape == (0,)
+    assert unsigned_apot_4(torch.empty(0)).shape == (0,)
     base = torch.linspace(-0.2, 1.2, 1001)
     view = base[1:]  # contiguous, starts one element into the storage
-    assert torch.equal(project_on_grid(view, table, 0.0, 1.0),
-                       project_on_grid(view.clone(), table, 0.0, 1.0))
+    assert torch.equal(unsigned_apot_4(view), unsigned_apot_4(view.clone()))
 
 
 def test_unwritable_cache_warns_and_falls_back(tmp_path, monkeypatch):

@@ -74,3 +74,15 @@ def test_out_of_range_values_go_to_end_levels():
 def test_projection_keeps_shape():
     x = torch.randn(2, 3, 4, 5)
     assert project_to_levels(x, lowbit.levels("apot", 4).float()).shape == x.shape
+
+
+@pytest.mark.parametrize("name, bits", [("apot", 4), ("pot", 6)])  # grid, search
+def test_projection_keeps_layout(name, bits):
+    """A channels-last or permuted input is projected in its memory order, not copied: the
+    result has its layout (as the operators' fake tensors say) and the contiguous values."""
+    levels = lowbit.levels(name, bits, signed=True).float()
+    x = torch.randn(2, 3, 4, 5)
+    for laid_out in (x.contiguous(memory_format=torch.channels_last), x.transpose(1, 3)):
+        out = project_to_levels(laid_out, levels)
+        assert out.stride() == laid_out.stride()
+        assert torch.equal(out, project_to_levels(laid_out.contiguous(), levels))

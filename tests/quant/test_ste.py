@@ -3,8 +3,12 @@
 import pytest
 import torch
 
-from lowbit.quant import ste
-from lowbit.quant.ste import scale_gradient_sum, straight_through
+from lowbit.quant.ste import (
+    clip_backward,
+    clip_backward_formula,
+    scale_gradient_sum,
+    straight_through,
+)
 
 
 def _around(value: float, dtype: torch.dtype) -> torch.Tensor:
@@ -26,23 +30,44 @@ def test_gradient_passes_on_the_closed_range_only(dtype, low):
     got = straight_through(grad, x, low_t, high)
     inside = (x <= high) if low_t is None else (x >= low_t) & (x <= high)
     assert torch.equal(got, torch.where(inside, grad, 0))
+    assert torch.equal(clip_backward(grad, x, x, low_t, high)[0], got)  # the operator, too
     assert got[1] == grad[1] and got[2] == 0  # high itself passes, the next value does not
     if low is not None:
         assert got[4] == grad[4] and got[3] == 0  # and so does low, not the value below it
 
 
-def test_fused_and_reference_paths_agree(monkeypatch):
-    """The one-pass CPU kernel and the compare-and-select used on GPUs and under
-    torch.compile give the same gradient, per-channel bounds included."""
+@pytest.mark.parametrize("closed", [True, False])
+@pytest.mark.parametrize("scale_gradient", ["rounding", "upper", "bounds"])
+def test_operator_equals_its_formula(closed, scale_gradient):
+    """``lowbit::clip_backward`` (on the CPU: the fused kernel where it serves) gives its
+    formula's input gradient bitwise and its scale gradient up to float32 summation noise,
+    with scalar bounds (exactly on them too) and per-channel ones."""
     x = torch.randn(4, 3, 5, 5) * 2
-    grad = torch.randn_like(x)
-    low, high = torch.tensor(-1.5), torch.tensor(1.25)
-    fused = straight_through(grad, x, low, high)
-    monkeypatch.setattr(ste.torch.compiler, "is_compiling", lambda: True)
-    assert torch.equal(fused, straight_through(grad, x, low, high))
+    x[0, 0, 0, :2] = torch.tensor([-1.5, 1.25])
+    grad, out = torch.randn_like(x), x.clamp(-1.5, 1.25).mul(4).round().div(4)
     per_channel = torch.rand(4, 1, 1, 1) + 0.5
-    expected = torch.where((x >= -per_channel) & (x <= per_channel), grad, 0.0)
-    assert torch.equal(straight_through(grad, x, -per_channel, per_channel), expected)
+    for low, high in ((torch.tensor(-1.5), torch.tensor(1.25)), (-per_channel, per_channel)):
+        args = (grad, x, out, low, high, closed, high, scale_gradient)
+        got, expected = clip_backward(*args), clip_backward_formula(*args)
+        assert torch.equal(got[0], expected[0])
+        torch.testing.assert_close(got[1], expected[1], rtol=1e-5, atol=1e-4)
+        inside = (x >= low) & (x <= high) if closed else (x > low) & (x < high)
+        assert torch.equal(got[0], torch.where(inside, grad, 0.0))
+
+
+def test_per_channel_scale_gradient_is_summed_per_channel():
+    g, x = torch.randn(2, 4, 3, 3, 3, dtype=torch.float64)
+    out = x.clamp(-1, 1).round()
+    scale = torch.tensor([0.5, 1.0, 1.5, 2.0], dtype=torch.float64).view(4, 1, 1, 1)
+    gx, grad_scale = clip_backward(g, x, out, -scale, scale, scale=scale)
+    expected = torch.stack([
+        ((g[c] * out[c]).sum() - (gx[c] * x[c]).sum()) / scale[c] for c in range(4)
+    ])
+    torch.testing.assert_close(grad_scale, expected.view(4, 1, 1, 1))
+    for rule, sign in (("upper", (x > scale).double()),
+                       ("bounds", (x > scale).double() - (x < -scale).double())):
+        _, grad_scale = clip_backward(g, x, out, -scale, scale, scale=scale, scale_gradient=rule)
+        torch.testing.assert_close(grad_scale, (g * sign).sum((1, 2, 3), keepdim=True))
 
 
 def test_scale_gradient_is_two_dot_products():

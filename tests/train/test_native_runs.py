@@ -1,6 +1,6 @@
 """A run does not depend on whether the CPU kernels were built: every method trains the same
 digits steps with the kernels and with the eager formulas (LOWBIT_NATIVE=0 takes the eager
-path everywhere, as `native.usable` returning False does here), RQ's noise included."""
+path everywhere, as `native.serves` returning False does here), RQ's noise included."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ METHODS = [name for name in lowbit.available_methods() if name != "maxscale"]  #
 
 def _run(tmp_path, method: str, eager: bool, monkeypatch) -> dict[str, torch.Tensor]:
     if eager:
-        monkeypatch.setattr(native, "usable", lambda *tensors: False)
+        monkeypatch.setattr(native, "serves", lambda *tensors: False)
     config = resolve_config(None, [
         f"out={tmp_path / ('eager' if eager else 'kernels')}", f"method={method}", "bits=3",
         "float_epochs=0", "epochs=2", "max_steps=6", "data.eval_limit=64", "data.limit=512",

@@ -1,18 +1,17 @@
 """One network, many bit-widths: switchable BatchNorm and ``set_bits`` over a quantized model.
 
-``make_adaptive`` quantizes a plain model with a method whose quantizers can switch
-(``coquant``, ``pact``, ``dorefa``), giving every layer but the first and the last (and those
-the overrides name) the whole bit-width set, and replaces every BatchNorm with a
-``SwitchableBatchNorm``: one BatchNorm per bit-width, since each precision sees its own
-activation statistics (AdaBits §3, CoQuant supplement §3). The weights stay shared. A module
-takes part in switching when it has a non-empty ``bit_widths``; ``set_bits(model, b)`` sets
-them all at once.
+``make_adaptive`` quantizes a plain model with a method the registry declares switchable
+(``Method.switchable``: ``coquant``, ``pact``, ``dorefa``), giving every layer but the first
+and the last (and those the overrides name) the whole bit-width set, and replaces every
+BatchNorm with a ``SwitchableBatchNorm``: one BatchNorm per bit-width, since each precision
+sees its own activation statistics (AdaBits §3, CoQuant supplement §3). The weights stay
+shared. A module takes part in switching when it has a non-empty ``bit_widths``;
+``set_bits(model, b)`` sets them all at once.
 """
 
 from __future__ import annotations
 
 import copy
-import inspect
 from collections.abc import Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -23,7 +22,7 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.nn.quantize import LayerSpec, quantizable_layers, quantize, set_submodule
 from lowbit.quant.bit_widths import check_bit_widths, check_bits, nearest_index
-from lowbit.quant.registry import available_methods, get_method
+from lowbit.quant.registry import get_method, methods_with
 
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
@@ -84,21 +83,13 @@ def set_bits(model: nn.Module, bits: int) -> nn.Module:
 
 
 def check_switchable_method(method: str) -> None:
-    """A ``LowbitError`` unless ``method``'s quantizers take a ``bit_widths`` set."""
-    if not _switches(method):
-        switchable = [name for name in available_methods() if _switches(name)]
+    """A ``LowbitError`` unless the registry declares ``method`` switchable (its quantizers
+    take a ``bit_widths`` set, ``Method.switchable``)."""
+    if not get_method(method).switchable:
         raise LowbitError(
             f"method {method!r} cannot switch bit-widths; adaptive.bits needs one of: "
-            f"{', '.join(switchable)}"
+            f"{', '.join(methods_with('switchable'))}"
         )
-
-
-def _switches(method: str) -> bool:
-    spec = get_method(method)
-    return all(
-        factory is None or "bit_widths" in inspect.signature(factory).parameters
-        for factory in (spec.weight_quantizer, spec.input_quantizer)
-    )
 
 
 def make_adaptive(

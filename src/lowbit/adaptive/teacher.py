@@ -42,9 +42,11 @@ def choose_teacher(candidates: Sequence[int], scores: torch.Tensor) -> int:
 
 
 @torch.no_grad()
+@torch.no_grad()
 def weight_distances(model: nn.Module, bit_widths: Sequence[int]) -> torch.Tensor:
     """``D[i, j] = sqrt(sum over layers ||Q_{b_i}(W) - Q_{b_j}(W)||^2)`` for the switchable
-    weight quantizers of ``model`` (those with ``bit_widths`` and ``quantize_at``)."""
+    weight quantizers of ``model`` (those with ``bit_widths`` and ``quantize_at``). Only the
+    teacher choice reads it, so no gradient is recorded (a joint step computes it once)."""
     n = len(bit_widths)
     squared = torch.zeros(n, n)
     for layer in model.modules():

@@ -30,6 +30,7 @@ from lowbit.quant.apot import WEIGHT_NORMALIZATIONS, RCFQuantizer, weight_statis
 from lowbit.quant.levels import apot_terms
 from lowbit.quant.levels import levels as named_levels
 from lowbit.quant.maxscale import MaxScaleQuantizer
+from lowbit.quant.registry import get_method, methods_with
 from lowbit.quant.uniq import LearnedStepQuantizer
 
 GridSpec = dict[str, Any]
@@ -119,6 +120,12 @@ def _max_scale(quantizer: MaxScaleQuantizer, weight: torch.Tensor | None) -> Qua
     return QuantizerGrid(spec, scale, "round")
 
 
+_NO_GRID = (
+    "has no fixed integer grid (export, the deploy runtime, plots and the weight-error "
+    "analysis need one); methods with one: "
+)
+# How each quantizer class maps to its levels. Whether a method has such a grid at all is the
+# registry's answer (Method.export_grid), not this table's.
 _GRIDS: dict[type, Callable[[Any, torch.Tensor | None], QuantizerGrid]] = {
     RCFQuantizer: _rcf,
     LearnedStepQuantizer: _learned_step,
@@ -129,13 +136,24 @@ _GRIDS: dict[type, Callable[[Any, torch.Tensor | None], QuantizerGrid]] = {
 def quantizer_grid(quantizer: nn.Module, weight: torch.Tensor | None = None) -> QuantizerGrid:
     """The grid of a trained quantizer; ``weight`` is the tensor it quantizes (weights only).
 
-    Quantizers without a fixed grid at inference (RQ, SRQ, DropBits) are not supported.
+    Only quantizers of methods the registry declares with ``export_grid`` have one (RQ, SRQ,
+    DropBits, DoReFa, PACT and CoQuant do not); ``lowbit.quantize`` records the method on each
+    quantizer it builds (``lowbit_method``). A quantizer built by hand is described by its
+    class when this module knows it.
     """
+    method = getattr(quantizer, "lowbit_method", None)
     describe = _GRIDS.get(type(quantizer))
-    if describe is None:
-        known = ", ".join(sorted(kind.__name__ for kind in _GRIDS))
+    if method is not None and not get_method(method).export_grid:
+        raise LowbitError(f"method {method!r} {_NO_GRID}{', '.join(methods_with('export_grid'))}")
+    if describe is None and method is None:
         raise LowbitError(
-            f"{type(quantizer).__name__} has no integer export; supported quantizers: {known}"
+            f"{type(quantizer).__name__} (not built by lowbit.quantize) {_NO_GRID}"
+            f"{', '.join(methods_with('export_grid'))}"
+        )
+    if describe is None:
+        raise LowbitError(
+            f"method {method!r} declares an integer grid, but lowbit.export.grids cannot "
+            f"describe its {type(quantizer).__name__}; add it to _GRIDS"
         )
     return describe(quantizer, weight)
 

@@ -9,7 +9,9 @@ quantizers (UniQ kernel-wise, LSQ ``per_channel``) get one step per output chann
 Linear weights are laid out that way already. ConvTranspose weights are
 ``(in_channels, out_channels / groups, *kernel)``: the transposed layers hand the quantizer
 the weight in Conv layout ``(out_channels, in_channels / groups, *kernel)`` and put the
-result back (``quantizer_layout``, ``_swap_channels``).
+result back (``quantizer_layout``, ``_swap_channels``). ``from_float`` tells the weight
+quantizer that shape once (``allocate``, ``lowbit.quant.hooks.WeightSized``), so per-channel
+steps have their final shape before an optimizer or DistributedDataParallel sees them.
 
 In evaluation (``eval()`` and no autograd: ``torch.no_grad()`` / ``torch.inference_mode()``)
 a layer quantizes its weight once and reuses it for every batch until something it was
@@ -26,6 +28,8 @@ from typing import Any, TypeVar
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from lowbit.quant.hooks import WeightSized
 
 _SCALARS = (bool, int, float, str, type(None))
 _Conv = TypeVar("_Conv", bound="_QConvNd")
@@ -226,6 +230,12 @@ def _adopt(q, float_layer, weight_quantizer, input_quantizer):
     q.bias = float_layer.bias
     q.weight_quantizer = weight_quantizer
     q.input_quantizer = input_quantizer
+    if weight_quantizer is not None:
+        # Per-channel parameters get their final shape now, before any optimizer or DDP.
+        shape = q.quantizer_layout(torch.empty(q.weight.shape, device="meta")).shape
+        for module in weight_quantizer.modules():
+            if isinstance(module, WeightSized):
+                module.allocate(shape)
     device = float_layer.weight.device
     for quantizer in (weight_quantizer, input_quantizer):
         if quantizer is not None:

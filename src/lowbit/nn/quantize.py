@@ -174,6 +174,10 @@ def quantize(
     signed elsewhere, or everywhere when the model cannot be traced; ``signed_inputs``
     True / False forces one kind on every layer, and an override's ``signed_input`` on one.
     The layers given signed inputs, and any layer with weights left float, are reported once.
+    Each quantizer built records its method's name (``quantizer.lowbit_method``) so that what
+    the registry declares about the method (``Method.export_grid``) can be asked of it; a
+    weight quantizer gets its per-channel parameters when its layer is built
+    (``lowbit.nn.layers``).
     """
     spec = get_method(method)
     if bits is not None:
@@ -257,22 +261,26 @@ def _quantized_layer(
     name: str, layer: nn.Module, plan: LayerQuantization, quantize_input: bool
 ) -> nn.Module:
     method = plan.method
-    weight_quantizer = _build(method.weight_quantizer, plan.bits, plan.weight_options,
+    weight_quantizer = _build(method, method.weight_quantizer, plan.bits, plan.weight_options,
                               f"weight_options of layer {name} (method {method.name})")
     input_quantizer = None
     if quantize_input and method.input_quantizer is not None:
         options = {"signed": bool(plan.signed_input), **plan.input_options}
-        input_quantizer = _build(method.input_quantizer, plan.bits, options,
+        input_quantizer = _build(method, method.input_quantizer, plan.bits, options,
                                  f"input_options of layer {name} (method {method.name})")
     return QUANTIZED_LAYERS[type(layer)].from_float(layer, weight_quantizer, input_quantizer)
 
 
-def _build(factory, bits: int, options: Mapping[str, Any], what: str) -> nn.Module:
-    """``factory(bits, **options)``; an option the factory does not take is a user error."""
+def _build(method: Method, factory, bits: int, options: Mapping[str, Any], what: str) -> nn.Module:
+    """``factory(bits, **options)``, tagged with the name of the ``method`` that built it
+    (``lowbit_method``: what the registry says it can do, e.g. ``Method.export_grid``); an
+    option the factory does not take is a user error."""
     try:
-        return factory(bits, **options)
+        quantizer = factory(bits, **options)
     except (TypeError, LowbitError) as error:  # a misspelt option name, a value out of range
         raise LowbitError(f"{what}: {error}") from None
+    quantizer.lowbit_method = method.name
+    return quantizer
 
 
 def set_submodule(model: nn.Module, name: str, module: nn.Module) -> None:

@@ -8,11 +8,14 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError, require_positive
+from lowbit.quant import native
 from lowbit.quant.levels import levels as make_levels
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.project import (
     grid_cells,
+    grid_position,
     grid_table,
+    in_memory_order,
     midpoints,
     project_by_search,
     project_on_grid,
@@ -20,42 +23,74 @@ from lowbit.quant.project import (
 from lowbit.quant.ste import clip_backward
 
 
-class _RCF(torch.autograd.Function):
-    """``alpha * Pi(clip(x / alpha))`` with the gradients of APoT Eq. 8.
+def rcf_formula(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    levels: torch.Tensor,
+    table: torch.Tensor | None,
+    signed: bool,
+    divide_first: bool,
+    clip_input_gradient: bool,
+) -> torch.Tensor:
+    """``lowbit::rcf_quantize`` on every device (see ``rcf_quantize``): ``x`` projected
+    straight onto ``alpha * levels`` (the grid or the boundaries are scaled instead of the
+    tensor), or with ``divide_first`` as ``project_divided``; ``clip_input_gradient`` is for
+    the backward."""
+    if divide_first:
+        return project_divided(x, alpha, levels, signed)
+    if table is not None:
+        return project_on_grid(x, table * alpha, _lowest(signed), 1.0, alpha)
+    return project_by_search(x, levels * alpha, midpoints(levels) * alpha)
 
-    Forward projects ``x`` straight onto ``alpha * levels`` (the grid or the boundaries are
-    scaled instead of the tensor), or with ``divide_first`` as ``project_divided``. Backward
-    for alpha: ``Pi(x/alpha) - x/alpha`` inside the clipping range and ``sign(x)`` outside
-    (Eq. 8). Outside the range ``Pi(x/alpha) = sign(x)``, so the alpha gradient is
+
+rcf_op = torch.library.custom_op("lowbit::rcf_quantize", rcf_formula, mutates_args=())
+
+
+@rcf_op.register_fake
+def _(x, alpha, levels, table, signed, divide_first, clip_input_gradient):
+    return torch.empty_like(x)
+
+
+@rcf_op.register_kernel("cpu")
+def _(x, alpha, levels, table, signed, divide_first, clip_input_gradient):
+    lookup = levels if table is None else table
+    if divide_first or lookup.dtype != x.dtype or not native.serves(x):
+        return rcf_formula(x, alpha, levels, table, signed, divide_first, clip_input_gradient)
+    if table is None:
+        return native.search_lookup(x, levels * alpha, midpoints(levels) * alpha)
+    multiplier, offset = grid_position(table, _lowest(signed), 1.0, alpha)
+    return native.grid_lookup(x, table * alpha, float(multiplier), offset)
+
+
+def _lowest(signed: bool) -> float:
+    return -1.0 if signed else 0.0
+
+
+def _setup_context(ctx, inputs, output):
+    x, alpha, _, _, ctx.signed, _, ctx.clip_input_gradient = inputs
+    ctx.save_for_backward(x, output, alpha)
+
+
+def _backward(ctx, grad_out):
+    """APoT Eq. 8. For alpha: ``Pi(x/alpha) - x/alpha`` inside the clipping range and
+    ``sign(x)`` outside. Outside the range ``Pi(x/alpha) = sign(x)``, so the alpha gradient is
     ``(sum(g * out) - sum(g_x * x)) / alpha`` with ``g_x`` the clipped straight-through
     gradient: two dot products, no extra tensor (``lowbit.quant.ste``). For ``x``:
     straight-through inside the range and zero outside (Eq. 8, activations), or with
     ``clip_input_gradient=False`` the identity everywhere (APoT §2.5 for weights,
     "dW_hat / dW_tilde = 1"; the authors' code does not clip it either).
     """
+    x, out, alpha = ctx.saved_tensors
+    grad_x, grad_alpha = clip_backward(
+        grad_out, x, out, -alpha if ctx.signed else None, alpha,
+        scale=alpha if ctx.needs_input_grad[1] else None,
+    )
+    if not ctx.clip_input_gradient:
+        grad_x = grad_out
+    return grad_x, grad_alpha, None, None, None, None, None
 
-    @staticmethod
-    def forward(ctx, x, alpha, levels, table, signed, divide_first, clip_input_gradient):
-        if divide_first:
-            out = project_divided(x, alpha, levels, signed)
-        elif table is not None:
-            out = project_on_grid(x, table * alpha, -1.0 if signed else 0.0, 1.0, alpha)
-        else:
-            out = project_by_search(x, levels * alpha, midpoints(levels) * alpha)
-        ctx.signed, ctx.clip_input_gradient = signed, clip_input_gradient
-        ctx.save_for_backward(x, out, alpha)
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, out, alpha = ctx.saved_tensors
-        grad_x, grad_alpha = clip_backward(
-            grad_out, x, out, -alpha if ctx.signed else None, alpha,
-            scale=alpha if ctx.needs_input_grad[1] else None,
-        )
-        if not ctx.clip_input_gradient:
-            grad_x = grad_out
-        return grad_x, grad_alpha, None, None, None, None, None
+rcf_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
@@ -63,10 +98,13 @@ def nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     ``|u - level|`` decides it: by the two distances rounded to ``u``'s dtype, which can differ
     from a comparison with the rounded midpoint when a level (1/6, 1/48) is not a float. A tie
     goes to the lower level."""
+    return in_memory_order(_nearest_level, u, levels)
+
+
+def _nearest_level(u: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
     below = torch.bucketize(u, levels, out_int32=True, right=True).sub_(1)
-    below = below.clamp_(0, levels.numel() - 2).reshape(-1)
-    lower = levels.index_select(0, below).view_as(u)
-    upper = levels.index_select(0, below + 1).view_as(u)
+    below = below.clamp_(0, levels.numel() - 2)
+    lower, upper = levels.index_select(0, below), levels.index_select(0, below + 1)
     return torch.where(upper - u < u - lower, upper, lower)
 
 
@@ -104,10 +142,14 @@ def rcf_quantize(
     values below zero project to the zero level. ``divide_first`` computes it as
     ``project_divided`` (the authors' rounding) instead of on scaled levels (fewer passes).
     ``clip_input_gradient=False`` passes the gradient to ``x`` unclipped (weights, §2.5).
+
+    One operator, ``lowbit::rcf_quantize`` (``_backward``): on float32 CPU tensors the
+    projection on scaled levels is one fused pass (``lowbit.quant.native``), elsewhere
+    ``rcf_formula``.
     """
     dtype = x.dtype
     table = None if table is None else table.to(dtype)
-    return _RCF.apply(
+    return rcf_op(
         x, alpha.to(dtype), levels.to(dtype), table, signed, divide_first, clip_input_gradient
     )
 

@@ -48,7 +48,9 @@ def dorefa_weight_quantize(
     """DoReFa weight quantization, UniQ Eq. 2 (``scheme="original"``), or AdaBits' roundings.
 
     Returns ``2 q - 1`` in ``[-1, 1]`` (times ``std(w) / std(q)`` with ``rescale``); gradients
-    reach ``w`` through the tanh normalization, straight through the rounding.
+    reach ``w`` through the tanh normalization, straight through the rounding. A plain tensor
+    formula, not a ``lowbit`` operator: it has no fused kernel and autograd of it is the
+    paper's gradient, so ``torch.compile`` traces and fuses it.
     """
     t = torch.tanh(w)
     u = (t / t.abs().max().clamp(min=MIN_STD) + 1) / 2

@@ -6,6 +6,10 @@ DropBits masks ``set_progress``, ``regularization_loss`` and ``learned_bits``; A
 so the question a collector asks of a module is "does it offer this hook", which
 ``isinstance(module, Hook)`` answers for one hook at a time. A quantizer gains a hook by
 defining the method; nothing registers it.
+
+``WeightSized`` is offered to the quantized layer rather than the loop: the layer calls it
+once, when it is built, so that parameters whose size depends on the weight exist with their
+final shape before any optimizer or DistributedDataParallel wrapper is made.
 """
 
 from __future__ import annotations
@@ -40,3 +44,11 @@ class BitLearner(Protocol):
     def learned_bits(self) -> str:
         """The bit-width learned for the layer the module belongs to (``"3"``, or ``"T"``
         for ternary)."""
+
+
+@runtime_checkable
+class WeightSized(Protocol):
+    def allocate(self, weight_shape: torch.Size) -> None:
+        """Construction: create the parameters that depend on the shape of the weight this
+        quantizer will see (dim 0 = output channels; a per-channel step of shape ``(C,)``).
+        Data-dependent initialization later only fills them in place."""

@@ -651,19 +651,28 @@ void lowbit_uniforms(float *out, int64_t elements, int32_t slots, uint64_t seed,
                                             (uint32_t)m);
 }
 
-/* RQ's training pass (relaxed.py, relaxed_quantize) on a block of elements. Window slot m
+/* RQ's training pass (rq.py, relaxed_quantize) on a block of elements. Window slot m
  * (grid point k = start + m, m < size) owns the cell between boundaries
  * b_m = (alpha (start + m - 1/2) - x) / sigma and b_(m+1); its logit is
  * (log S(b_(m+1)) + log S(-b_m) + g_m) / tau (the constant log(1 - e^(-alpha/sigma)) of
- * Eq. 1 cancels in the softmax), g_m = -log(-log u) with u = uniform_at(element, m).
+ * Eq. 1 cancels in the softmax), g_m = -log E_m, E_m = -log u, u = uniform_at(element, m).
  * Forward: out = alpha sum r_m k_m. Backward (grad given): with w_m = alpha r_m
  * (k_m - mean k) / tau and h_j = w_(j-1) S(-b_j) - w_j S(b_j), dout/dx = -sum h / sigma,
  * dout/dalpha = mean k + sum h_j (start + j - 1/2) / sigma, dout/dsigma = -sum h_j b_j /
- * sigma. Arrays `work` hold (size + 1) x RQ_BLOCK floats per table: [slot][element]. */
+ * sigma. Arrays `work` hold (size + 1) x RQ_BLOCK floats per table: [slot][element].
+ *
+ * The softmax is taken in linear form, with no logarithm of a probability: with the tails
+ * t_j = e^-|b_j|, S(b) = e^min(b, 0) / (1 + t) and e^(g_m) = 1 / E_m, so at tau = 1
+ * e^(logit_m - top) = f_m / ((1 + t_(m+1)) (1 + t_m) E_m), where f_m = e^(linear_m - top) is
+ * 1 for the cell holding x and the tail of the nearer boundary for the others (relative to
+ * the cell nearest x when x lies outside the window). The boundaries are alpha / sigma apart,
+ * so the tails are a geometric sequence of ratio q = e^(-alpha/sigma) on each side of x: two
+ * exponentials per element and one logarithm per slot (E_m), instead of three transcendental
+ * functions per slot. Another tau raises these weights to 1 / tau in log form. */
 #define RQ_BLOCK 256
 
 typedef struct {
-    float alpha, inverse_sigma, inverse_tau, lo, hi;
+    float alpha, inverse_sigma, inverse_tau, lo, hi, decay; /* decay = e^(-alpha/sigma) */
     int32_t size;
     uint64_t seed;
 } RQSettings;
@@ -673,12 +682,14 @@ VECTORIZED static void rq_range(const float *restrict x, const float *restrict g
                                 const RQSettings *settings, float *restrict work,
                                 double *sums) {
     const float alpha = settings->alpha, inverse_sigma = settings->inverse_sigma;
-    const float inverse_tau = settings->inverse_tau;
+    const float inverse_tau = settings->inverse_tau, decay = settings->decay;
     const int32_t size = settings->size;
     const uint32_t seed_low = (uint32_t)settings->seed, seed_high = settings->seed >> 32;
     float *boundary = work, *tail = work + (size + 1) * RQ_BLOCK;
     float *weight = tail + (size + 1) * RQ_BLOCK;
-    float start[RQ_BLOCK], top[RQ_BLOCK], total[RQ_BLOCK], mean_m[RQ_BLOCK];
+    float start[RQ_BLOCK], total[RQ_BLOCK], mean_m[RQ_BLOCK], top[RQ_BLOCK];
+    float above[RQ_BLOCK], below[RQ_BLOCK], scale_out[RQ_BLOCK];
+    int32_t first_up[RQ_BLOCK];
     double sum_alpha = 0, sum_sigma = 0;
     for (int64_t begin = 0; begin < n; begin += RQ_BLOCK) {
         int64_t count = n - begin < RQ_BLOCK ? n - begin : RQ_BLOCK;
@@ -688,45 +699,92 @@ VECTORIZED static void rq_range(const float *restrict x, const float *restrict g
             s = s < settings->lo ? settings->lo : s;
             s = s > settings->hi - size + 1 ? settings->hi - size + 1 : s;
             start[i] = s;
-            top[i] = -INFINITY;
+            first_up[i] = 0;
+            above[i] = INFINITY;
+            below[i] = -INFINITY;
             total[i] = 0.f;
             mean_m[i] = 0.f;
+            top[i] = -INFINITY;
         }
+        /* Boundaries; f = the first one at or above x (size + 1 if none); b_f and b_(f-1). */
         for (int32_t j = 0; j <= size; ++j) {
-            float *b = boundary + j * RQ_BLOCK, *t = tail + j * RQ_BLOCK;
+            float *b = boundary + j * RQ_BLOCK;
             for (int64_t i = 0; i < count; ++i) {
                 float v = (alpha * (start[i] + (float)j - 0.5f) - xs[i]) * inverse_sigma;
                 b[i] = v;
-                t[i] = exp_poly(-fabsf(v));
+                first_up[i] += v < 0.f;
+                above[i] = v >= 0.f && v < above[i] ? v : above[i];
+                below[i] = v < 0.f && v > below[i] ? v : below[i];
             }
         }
-        /* Logits, kept in `weight`, and their running maximum. With t = e^-|b|, log S(b) =
-         * min(b, 0) - log(1 + t) and log S(-b) = min(-b, 0) - log(1 + t); the Gumbel variate
-         * is -log E, E = -log u; so one log of (1 + t_(m+1)) (1 + t_m) E serves all three. */
+        /* The tails next to x, e^-b_f above and e^b_(f-1) below (the end boundary's tail
+         * when x lies outside the window); beyond them the sweeps run relative to it. */
+        for (int64_t i = 0; i < count; ++i) {
+            int32_t f = first_up[i];
+            above[i] = exp_poly(-above[i]);
+            below[i] = exp_poly(below[i]);
+            scale_out[i] = f == 0 ? above[i] : f == size + 1 ? below[i] : 1.0f;
+            above[i] = f == 0 ? 1.0f : above[i];
+            below[i] = f == size + 1 ? 1.0f : below[i];
+        }
+        /* Relative tails: geometric from f upwards and from f - 1 downwards. */
+        for (int32_t j = 0; j <= size; ++j) {
+            float *t = tail + j * RQ_BLOCK;
+            for (int64_t i = 0; i < count; ++i) {
+                float run = j == first_up[i] ? above[i] : above[i] * decay;
+                above[i] = j >= first_up[i] ? run : above[i];
+                t[i] = run;
+            }
+        }
+        for (int32_t j = size; j >= 0; --j) {
+            float *t = tail + j * RQ_BLOCK;
+            for (int64_t i = 0; i < count; ++i) {
+                float run = j == first_up[i] - 1 ? below[i] : below[i] * decay;
+                below[i] = j < first_up[i] ? run : below[i];
+                t[i] = j < first_up[i] ? run : t[i];
+            }
+        }
+        /* Unnormalized softmax weights in `weight` (f_m from the relative tails), then the
+         * tails themselves (relative ones times the scale outside the window). */
+        const uint32_t element_high = (uint32_t)((first + begin) >> 32);
+        const uint32_t element_low = (uint32_t)(first + begin);
         for (int32_t m = 0; m < size; ++m) {
             float *z = weight + m * RQ_BLOCK;
-            const float *b_up = boundary + (m + 1) * RQ_BLOCK, *b_lo = boundary + m * RQ_BLOCK;
             const float *t_up = tail + (m + 1) * RQ_BLOCK, *t_lo = tail + m * RQ_BLOCK;
-            const uint32_t element_high = (uint32_t)((first + begin) >> 32);
-            const uint32_t element_low = (uint32_t)(first + begin);
             for (int64_t i = 0; i < count; ++i) {
                 uint32_t low = element_low + (uint32_t)i; /* the element's 64-bit index */
                 uint32_t high = element_high + (low < element_low);
                 float u = uniform_at(seed_low, seed_high, low, high, (uint32_t)m);
-                float product = (1.0f + t_up[i]) * (1.0f + t_lo[i]) * -log_poly(u);
-                float linear = (b_up[i] < 0.f ? b_up[i] : 0.f) + (b_lo[i] > 0.f ? -b_lo[i] : 0.f);
-                float logit = (linear - log_poly(product)) * inverse_tau;
-                z[i] = logit;
-                top[i] = logit > top[i] ? logit : top[i];
+                int32_t f = first_up[i];
+                float near = m >= f ? t_lo[i] : m == f - 1 ? 1.0f : t_up[i];
+                float s_up = scale_out[i] * t_up[i], s_lo = scale_out[i] * t_lo[i];
+                z[i] = near / ((1.0f + s_up) * (1.0f + s_lo) * -log_poly(u));
+            }
+        }
+        for (int32_t j = 0; j <= size; ++j) {
+            float *t = tail + j * RQ_BLOCK;
+            for (int64_t i = 0; i < count; ++i) t[i] *= scale_out[i];
+        }
+        if (inverse_tau != 1.0f) {
+            for (int32_t m = 0; m < size; ++m) {
+                float *z = weight + m * RQ_BLOCK;
+                for (int64_t i = 0; i < count; ++i) {
+                    float w = z[i] > 1.17549435e-38f ? z[i] : 1.17549435e-38f;
+                    float logit = log_poly(w) * inverse_tau;
+                    z[i] = logit;
+                    top[i] = logit > top[i] ? logit : top[i];
+                }
+            }
+            for (int32_t m = 0; m < size; ++m) {
+                float *z = weight + m * RQ_BLOCK;
+                for (int64_t i = 0; i < count; ++i) z[i] = exp_poly(z[i] - top[i]);
             }
         }
         for (int32_t m = 0; m < size; ++m) {
-            float *z = weight + m * RQ_BLOCK;
+            const float *z = weight + m * RQ_BLOCK;
             for (int64_t i = 0; i < count; ++i) {
-                float e = exp_poly(z[i] - top[i]);
-                z[i] = e;
-                total[i] += e;
-                mean_m[i] += e * (float)m;
+                total[i] += z[i];
+                mean_m[i] += z[i] * (float)m;
             }
         }
         for (int64_t i = 0; i < count; ++i) mean_m[i] /= total[i];
@@ -779,7 +837,8 @@ VECTORIZED static void rq_range(const float *restrict x, const float *restrict g
 int lowbit_rq(const float *x, const float *grad, float *result, int64_t n, float alpha,
               float sigma, float tau, float lo, float hi, int32_t size, uint64_t seed,
               double *sums, int threads) {
-    RQSettings settings = {alpha, 1.0f / sigma, 1.0f / tau, lo, hi, size, seed};
+    RQSettings settings = {alpha, 1.0f / sigma, 1.0f / tau, lo, hi,
+                           exp_poly(-alpha / sigma), size, seed};
     double total_alpha = 0, total_sigma = 0;
     int failed = 0;
 #pragma omp parallel num_threads(threads) if (n >= PARALLEL_MIN) reduction(+ : total_alpha, total_sigma, failed)

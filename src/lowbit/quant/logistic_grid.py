@@ -37,6 +37,16 @@ def round_to_grid(x: torch.Tensor, alpha: torch.Tensor, lo: int, hi: int) -> tor
     return torch.floor(x / alpha + 0.5).clamp_(lo, hi) * alpha
 
 
+def in_layout_of(x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``values`` (``x``'s shape) in the strides ``torch.empty_like(x)`` has: the layout of
+    the RQ and SRQ operators' outputs that their fake kernels promise (compiled graphs read
+    the outputs by those strides), and, for a dense ``x``, the one the CPU kernels read
+    ``x`` and a gradient in, element by element."""
+    if values.stride() == x.stride():
+        return values
+    out = torch.empty_like(x, dtype=values.dtype)
+    return values if values.stride() == out.stride() else out.copy_(values)
+
 
 class LogisticGrid(nn.Module):
     """The learnable ``alpha`` and ``sigma`` of an RQ / SRQ grid (one pair per layer).

@@ -20,7 +20,9 @@ def max_scaled_quantize(w: torch.Tensor, bits: int) -> torch.Tensor:
     ``max(W)`` is the largest weight, not the largest magnitude, and nothing is clipped, so a
     weight below ``-max(W)`` gets a code beyond ``-n``: the rule exactly as the APoT authors'
     checkpoints were trained with it. The scale is a constant to the gradient; a layer with no
-    positive weight has no scale and passes through unchanged.
+    positive weight has no scale and passes through unchanged. A plain tensor formula, not a
+    ``lowbit`` operator: it has no fused kernel and autograd of it is the authors' gradient,
+    so ``torch.compile`` traces and fuses it.
     """
     scale = w.detach().max()
     steps = 2 ** (bits - 1) - 1

@@ -16,15 +16,21 @@ The library is compiled once per machine with the system C compiler (``$CC``, el
 ``gcc`` or ``clang``; about a second) into ``kernels/`` of the lowbit cache folder
 (``$LOWBIT_CACHE``, default ``~/.cache/lowbit``: ``lowbit.files.cache_root``) and loaded
 with ctypes. Without a compiler, if the build fails, or with ``LOWBIT_NATIVE=0``, the
-quantizers run their eager PyTorch formulas: the same results, slower. The kernels serve
-float32 CPU tensors outside ``torch.compile`` (which fuses the eager formulas itself); GPUs
-and other dtypes always take the eager path.
+quantizers run their eager PyTorch formulas: the same results, slower.
+
+Each quantizer is an operator of the ``lowbit`` library (``torch.library.custom_op``) whose
+default implementation, for every device, is its eager formula; a kernel here is registered
+as that operator's CPU implementation, which calls it when ``serves(...)`` accepts the
+tensors (float32, one dense layout, the library loaded) and the formula otherwise. Under
+``torch.compile`` the operator stays one opaque call, so a compiled CPU model runs the same
+kernels.
 
 Adding a kernel: a C function ``lowbit_NAME`` in ``kernels.c`` (a ``VECTORIZED`` range
 function over contiguous memory plus an OpenMP wrapper, as the others), its ctypes signature
-in ``_SIGNATURES``, a typed wrapper here, a ``usable(...)`` check at the call site with the
-eager formula as the other branch, and a test in ``tests/quant/test_native.py`` comparing the
-two.
+in ``_SIGNATURES``, a typed wrapper here, a CPU implementation of the quantizer's operator
+(``OP.register_kernel("cpu")``) that calls the wrapper where ``serves(...)`` holds and the
+operator's formula otherwise, and a test in ``tests/quant/test_native.py`` comparing the
+operator against its formula.
 """
 
 from __future__ import annotations
@@ -157,12 +163,12 @@ def library() -> ctypes.CDLL | None:
     return lib
 
 
-def usable(*tensors: torch.Tensor) -> bool:
-    """Whether the kernels can serve these tensors: float32 on the CPU, outside
-    ``torch.compile``, of one shape and all laid out alike in one dense block (contiguous or
-    channels-last), and the library loaded. (Called on every quantizer pass: kept cheap.)"""
+def serves(*tensors: torch.Tensor) -> bool:
+    """Whether the kernels can serve these tensors: float32 on the CPU, of one shape and all
+    laid out alike in one dense block (contiguous or channels-last), and the library loaded.
+    (Called on every quantizer pass: kept cheap.)"""
     first = tensors[0]
-    if torch.compiler.is_compiling() or not first.is_cpu or library() is None:
+    if not first.is_cpu or library() is None:
         return False
     shape = first.shape
     for tensor in tensors:

@@ -21,15 +21,52 @@ from lowbit.errors import LowbitError, require_positive
 from lowbit.quant import native
 from lowbit.quant.bit_widths import Switchable, nearest_index
 from lowbit.quant.precision import float32_compute
-from lowbit.quant.ste import clip_backward, host_scalars
+from lowbit.quant.ste import clip_backward
 
 ALPHA_GRADIENTS = ("pact", "adabits")
 
 
-class _PACT(torch.autograd.Function):
-    """PACT's clip and uniform rounding (see ``pact_quantize``) with straight-through
-    gradients: ``x`` passes inside the clipping range and gets zero outside: ``[0, alpha)``
-    (PACT Eq. 1's middle piece), ``(-alpha, alpha)`` two-sided.
+def pact_formula(
+    x: torch.Tensor, alpha: torch.Tensor, bits: int, signed: bool, alpha_gradient: str
+) -> torch.Tensor:
+    """``lowbit::pact_quantize`` on every device (see ``pact_quantize``); ``alpha_gradient``
+    is for the backward."""
+    steps = _steps(bits, signed)
+    if signed:
+        step = alpha / steps
+        return x.div(step).round_().clamp_(-steps, steps).mul_(step)
+    return torch.minimum(x.relu(), alpha).mul_(steps / alpha).round_().mul_(alpha / steps)
+
+
+pact_op = torch.library.custom_op("lowbit::pact_quantize", pact_formula, mutates_args=())
+
+
+@pact_op.register_fake
+def _(x, alpha, bits, signed, alpha_gradient):
+    return torch.empty_like(x)
+
+
+@pact_op.register_kernel("cpu")
+def _(x, alpha, bits, signed, alpha_gradient):
+    if alpha.numel() != 1 or not native.serves(x):
+        return pact_formula(x, alpha, bits, signed, alpha_gradient)
+    steps, clip = _steps(bits, signed), float(alpha)
+    # A double quotient of two float32 values rounds to their float32 quotient, the formula's
+    # alpha / steps and steps / alpha.
+    step = clip / steps
+    if signed:
+        return native.uniform(x, native.ROUND_CLAMP, step, 0.0, -steps, steps)
+    return native.uniform(x, native.CLIP_ROUND, step, steps / clip, 0.0, clip)
+
+
+def _setup_context(ctx, inputs, output):
+    x, alpha, _, ctx.signed, ctx.alpha_gradient = inputs
+    ctx.save_for_backward(x, output, alpha)
+
+
+def _backward(ctx, grad_out):
+    """Straight-through gradients: ``x`` passes inside the clipping range and gets zero
+    outside: ``[0, alpha)`` (PACT Eq. 1's middle piece), ``(-alpha, alpha)`` two-sided.
 
     The alpha gradient is PACT's (Choi et al. 2018, Eq. 3): ``dQ/dalpha = 1`` for
     ``x >= alpha`` (``-1`` for ``x <= -alpha`` when two-sided), 0 inside, i.e. the upstream
@@ -37,50 +74,25 @@ class _PACT(torch.autograd.Function):
     what autograd of AdaBits' ``alpha * round(clip(x) / alpha)`` gives under the STE instead:
     ``(Q(x) - x) / alpha`` inside as well; since ``Q(x) = +-alpha`` outside that is
     ``(sum(g * Q) - sum(g_x * x)) / alpha`` (``lowbit.quant.ste.clip_backward``).
-
-    On float32 CPU tensors the forward is one fused pass (``lowbit.quant.native``); otherwise
-    on the CPU the clip takes alpha as a Python number (ATen's fused kernels, about six times
-    faster there than with a tensor-valued alpha); on a GPU and under ``torch.compile`` alpha
-    stays a tensor.
     """
+    x, out, alpha = ctx.saved_tensors
+    # One-sided: the open range from just below zero is PACT's [0, alpha).
+    low = -alpha if ctx.signed else alpha.new_tensor(-torch.finfo(x.dtype).tiny)
+    # PACT Eq. 3: +1 above alpha, -1 below -alpha (two-sided), 0 inside.
+    pact_rule = "bounds" if ctx.signed else "upper"
+    rule = "rounding" if ctx.alpha_gradient == "adabits" else pact_rule
+    grad_x, grad_alpha = clip_backward(
+        grad_out, x, out, low, alpha, closed=False,
+        scale=alpha if ctx.needs_input_grad[1] else None, scale_gradient=rule,
+    )
+    return grad_x, grad_alpha, None, None, None
 
-    @staticmethod
-    def forward(ctx, x, alpha, bits, signed, alpha_gradient):
-        steps = 2 ** (bits - 1) - 1 if signed else 2**bits - 1
-        scalar = host_scalars(x)
-        clip = float(alpha) if scalar else alpha
-        step = clip / steps
-        if scalar and native.usable(x):  # the same arithmetic in one pass
-            if signed:
-                out = native.uniform(x, native.ROUND_CLAMP, step, 0.0, -steps, steps)
-            else:
-                out = native.uniform(x, native.CLIP_ROUND, step, 1.0 / step, 0.0, clip)
-        elif signed:
-            out = x.div(step).round_().clamp_(-steps, steps).mul_(step)
-        elif scalar:
-            out = torch.nn.functional.hardtanh(x, 0.0, clip)
-            out.mul_(1.0 / step).round_().mul_(step)
-        else:
-            out = torch.minimum(x.relu(), alpha).mul_(steps / alpha).round_()
-            out.mul_(alpha / steps)
-        ctx.signed, ctx.alpha_gradient = signed, alpha_gradient
-        ctx.save_for_backward(x, out, alpha)
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, out, alpha = ctx.saved_tensors
-        # One-sided: the open range from just below zero is PACT's [0, alpha).
-        low = -alpha if ctx.signed else alpha.new_tensor(-torch.finfo(x.dtype).tiny)
-        if ctx.alpha_gradient == "adabits":
-            rule = "rounding"
-        else:  # PACT Eq. 3: +1 above alpha, -1 below -alpha (two-sided), 0 inside
-            rule = "bounds" if ctx.signed else "upper"
-        grad_x, grad_alpha = clip_backward(
-            grad_out, x, out, low, alpha, closed=False,
-            scale=alpha if ctx.needs_input_grad[1] else None, scale_gradient=rule,
-        )
-        return grad_x, grad_alpha, None, None, None
+pact_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _steps(bits: int, signed: bool) -> int:
+    return 2 ** (bits - 1) - 1 if signed else 2**bits - 1
 
 
 @float32_compute
@@ -97,10 +109,11 @@ def pact_quantize(
     ``signed=True`` (a layer whose input can be negative): clipped to ``[-alpha, alpha]`` and
     rounded to the step ``alpha / (2**(bits-1) - 1)``, a symmetric grid of ``2**bits - 1``
     levels with zero among them (one code unused, as APoT's signed level sets). Ties round
-    half to even. ``alpha_gradient``: ``"pact"`` or ``"adabits"`` (see ``_PACT``).
+    half to even. ``alpha_gradient``: ``"pact"`` or ``"adabits"`` (see ``_backward``). One
+    operator, ``lowbit::pact_quantize``: one fused pass on float32 CPU tensors
+    (``lowbit.quant.native``), ``pact_formula`` elsewhere.
     """
-    return _PACT.apply(x, alpha, bits, signed, alpha_gradient)
-
+    return pact_op(x, alpha.to(x.dtype), bits, signed, alpha_gradient)
 
 
 class PACTQuantizer(Switchable):

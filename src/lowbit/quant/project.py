@@ -1,4 +1,4 @@
-"""Nearest-level projection in one pass over memory.
+"""Nearest-level projection, elementwise.
 
 Two exact ways, chosen by the level set, both elementwise (nothing of size
 ``numel x n_levels`` is ever built):
@@ -14,16 +14,18 @@ Tie rule (both ways): a value exactly half-way between two levels goes to the la
 as in round-half-up (for half-way points that floating point represents exactly; others are
 decided by the rounding of ``x``). Values outside ``[levels[0], levels[-1]]`` go to the end
 levels.
+
+These are PyTorch formulas for every device; RCF's operator (``lowbit.quant.apot``) runs both
+ways as fused kernels on float32 CPU tensors (``lowbit.quant.native``), with the same results.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from fractions import Fraction
 
 import torch
-
-from lowbit.quant import native
 
 MAX_GRID_CELLS = 2**16
 
@@ -59,6 +61,26 @@ def grid_table(levels: torch.Tensor, cells: int) -> torch.Tensor:
     return levels[torch.bucketize(centres, midpoints(levels), right=True)]
 
 
+def grid_position(
+    table: torch.Tensor, lo: float, hi: float, scale: torch.Tensor | float = 1.0
+) -> tuple[torch.Tensor | float, float]:
+    """``(multiplier, offset)`` such that the cell of ``x`` on the grid of ``table`` (from
+    ``grid_table``, for levels from ``lo`` to ``hi`` times ``scale``) is
+    ``int(clamp(x * multiplier - offset, 0, cells))``."""
+    cells = table.numel() - 1
+    return cells / ((hi - lo) * scale), lo * cells / (hi - lo)
+
+
+def in_memory_order(fn: Callable[..., torch.Tensor], x: torch.Tensor, *args) -> torch.Tensor:
+    """``fn(flat, *args)`` of an elementwise ``fn`` of the 1-D ``flat``, taken over ``x`` in
+    the order of its memory: a dense ``x`` of any layout (channels-last) is not copied, and the
+    result is laid out as ``x``, as ``torch.empty_like(x)`` (the operators' fake tensors) is."""
+    order = sorted(range(x.dim()), key=x.stride().__getitem__, reverse=True)
+    dense = x.permute(order)
+    out = fn(dense.reshape(-1), *args).view(dense.shape)
+    return out.permute(sorted(range(x.dim()), key=order.__getitem__))
+
+
 def project_on_grid(
     x: torch.Tensor,
     table: torch.Tensor,
@@ -68,31 +90,35 @@ def project_on_grid(
 ) -> torch.Tensor:
     """Nearest of ``scale * levels`` by grid lookup; ``table`` from ``grid_table(levels, C)``
     already multiplied by ``scale``, ``lo`` / ``hi`` the unscaled end levels."""
-    cells = table.numel() - 1
-    multiplier = cells / ((hi - lo) * scale)
-    if native.usable(x) and table.dtype == x.dtype:
-        return native.grid_lookup(x, table, float(multiplier), lo * cells / (hi - lo))
+    multiplier, offset = grid_position(table, lo, hi, scale)
+    return in_memory_order(_grid_lookup, x, table, multiplier, offset)
+
+
+def _grid_lookup(
+    x: torch.Tensor, table: torch.Tensor, multiplier: torch.Tensor | float, offset: float
+) -> torch.Tensor:
     position = x.mul(multiplier)
-    if lo != 0:
-        position.sub_(lo * cells / (hi - lo))
-    position.clamp_(0, cells)
+    if offset != 0:
+        position.sub_(offset)
+    position.clamp_(0, table.numel() - 1)
     # Truncation = floor, as position >= 0; float32 positions become their int32 cell in place
     # (one buffer fewer to allocate and fault in).
-    if position.element_size() == 4 and position.is_contiguous():
+    if position.element_size() == 4:
         index = position.view(torch.int32).copy_(position)
     else:
         index = position.to(torch.int32)
-    return table.index_select(0, index.reshape(-1)).view_as(x)
+    return table.index_select(0, index)
 
 
 def project_by_search(
     x: torch.Tensor, levels: torch.Tensor, boundaries: torch.Tensor
 ) -> torch.Tensor:
     """Nearest of ``levels`` by binary search among ``boundaries`` (scaled alike)."""
-    if native.usable(x) and levels.dtype == boundaries.dtype == x.dtype:
-        return native.search_lookup(x, levels, boundaries)
-    index = torch.bucketize(x.reshape(-1), boundaries, out_int32=True, right=True)
-    return levels.index_select(0, index).view_as(x)
+    return in_memory_order(_search, x, levels, boundaries)
+
+
+def _search(x: torch.Tensor, levels: torch.Tensor, boundaries: torch.Tensor) -> torch.Tensor:
+    return levels.index_select(0, torch.bucketize(x, boundaries, out_int32=True, right=True))
 
 
 def project_to_levels(x: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:

@@ -36,7 +36,17 @@ class Method:
     inputs that can be negative (a two-sided grid of the same method).
 
     ``first_last_method`` names the method of the first and last quantized layers (their
-    paper's treatment at ``first_last_bits``), ``None`` for this method itself."""
+    paper's treatment at ``first_last_bits``), ``None`` for this method itself.
+
+    What the method can do beyond training at one bit-width, declared here rather than
+    inferred from its quantizers' classes or signatures:
+
+    * ``switchable``: both factories take ``bit_widths`` (a set of bit-widths) and the
+      quantizers they build switch among them at run time (``set_bits``): CoQuant / AdaBits
+      training, ``adaptive.bits``, ``lowbit.adaptive.make_adaptive``.
+    * ``export_grid``: a trained layer outputs ``scale * levels[code]`` on a fixed integer
+      grid (``lowbit.export.grids`` describes it), so ``lowbit export``, the deploy runtime and
+      the grid-based analyses (``lowbit plot``, weight error) accept it."""
 
     name: str
     weight_quantizer: QuantizerFactory
@@ -45,6 +55,8 @@ class Method:
     max_bits: int
     summary: str
     first_last_method: str | None = None
+    switchable: bool = False
+    export_grid: bool = False
 
     def check_bits(self, bits: int, what: str = "bits") -> None:
         if isinstance(bits, bool) or not isinstance(bits, int):
@@ -56,6 +68,8 @@ class Method:
             )
 
 
+# The boolean fields of Method that say what a method can do.
+CAPABILITIES = ("switchable", "export_grid")
 _METHODS: dict[str, Method] = {}
 
 
@@ -82,6 +96,14 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def methods_with(capability: str) -> list[str]:
+    """Names of the registered methods whose ``capability`` (one of ``CAPABILITIES``) is
+    true, sorted: what an error for a method without it offers instead."""
+    if capability not in CAPABILITIES:
+        raise ValueError(f"unknown capability {capability!r}; use one of {CAPABILITIES}")
+    return [name for name in available_methods() if getattr(_METHODS[name], capability)]
+
+
 def _rcf_input(level_set: str, bits: int, signed: bool = False, **options) -> RCFQuantizer:
     return RCFQuantizer(level_set, bits, signed, **{"alpha": 8.0, **options})
 
@@ -101,6 +123,7 @@ def _rcf_method(level_set: str, summary: str) -> Method:
         max_bits=8,
         summary=summary,
         first_last_method="maxscale",
+        export_grid=True,
     )
 
 
@@ -108,9 +131,11 @@ register_method(_rcf_method("apot", "APoT: additive powers-of-two levels, RCF, w
 register_method(_rcf_method("pot", "powers-of-two levels, RCF, weight norm (APoT Table 3)"))
 register_method(_rcf_method("uniform", "uniform levels, RCF, weight norm (APoT Table 3)"))
 register_method(Method("uniq", uniq_weight_quantizer, uniq_input_quantizer, 1, 8,
-                       "UniQ: symmetric levels, learned step, MSE-optimal init, down to 1 bit"))
+                       "UniQ: symmetric levels, learned step, MSE-optimal init, down to 1 bit",
+                       export_grid=True))
 register_method(Method("lsq", lsq_weight_quantizer, lsq_input_quantizer, 2, 8,
-                       "LSQ: two's-complement levels, learned step, 2E|x|/sqrt(Q_P) init"))
+                       "LSQ: two's-complement levels, learned step, 2E|x|/sqrt(Q_P) init",
+                       export_grid=True))
 register_method(Method("rq", RQQuantizer, partial(RQQuantizer, signed=False), 2, 8,
                        "RQ: Gumbel-softmax over a logistic-noise grid; anneal=True for App. F"))
 register_method(Method("srq", SRQQuantizer, partial(SRQQuantizer, signed=False), 2, 8,
@@ -120,14 +145,17 @@ register_method(Method("srq-dropbits", partial(SRQQuantizer, masks="bitwise"),
                        "SRQ + DropBits masks on weights; l0_lambda>0 learns bit-widths"))
 register_method(Method("maxscale", MaxScaleQuantizer, None, 2, 16,
                        "weights rounded to steps of max(W)/(2^(b-1)-1), inputs float (APoT "
-                       "authors' first/last layers)"))
+                       "authors' first/last layers)", export_grid=True))
 register_method(Method("dorefa", DoReFaWeightQuantizer,
                        partial(PACTQuantizer, alpha=1.0, learn_alpha=False), 2, 8,
-                       "DoReFa: tanh-normalized weights (UniQ Eq. 2), inputs clipped to [0, 1]"))
+                       "DoReFa: tanh-normalized weights (UniQ Eq. 2), inputs clipped to [0, 1]",
+                       switchable=True))
 register_method(Method("pact", DoReFaWeightQuantizer, PACTQuantizer, 2, 8,
-                       "PACT: learned clipping level alpha on inputs, DoReFa weights"))
+                       "PACT: learned clipping level alpha on inputs, DoReFa weights",
+                       switchable=True))
 # CoQuant's tables come from AdaBits' code: its "modified" weight rounding and autograd's alpha
 # gradient through its PACT formula.
 register_method(Method("coquant", partial(DoReFaWeightQuantizer, scheme="modified"),
                        partial(PACTQuantizer, alpha_gradient="adabits"), 2, 8,
-                       "CoQuant/AdaBits: nested DoReFa bins, PACT; adaptive.bits switches"))
+                       "CoQuant/AdaBits: nested DoReFa bins, PACT; adaptive.bits switches",
+                       switchable=True))

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from lowbit.errors import require_positive
 from lowbit.quant import native
-from lowbit.quant.logistic_grid import LogisticGrid, round_to_grid
+from lowbit.quant.logistic_grid import LogisticGrid, in_layout_of, round_to_grid
 from lowbit.quant.noise import counter_uniforms, element_counters
 from lowbit.quant.precision import float32_compute
 
@@ -33,16 +33,28 @@ def log_cell_probability(
     return F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-alpha / sigma))
 
 
+def window_size(alpha: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int, delta: float) -> int:
+    """``K = 2 ceil(delta sigma / alpha + 1/2) + 1`` grid points (fewer if the grid is smaller):
+    every point within ``delta`` sigmas of x lies in its window."""
+    half = math.ceil(delta * abs(float(sigma / alpha)) + 0.5)
+    return min(2 * half + 1, hi - lo + 1)
+
+
+def _window_start(
+    x: torch.Tensor, alpha: torch.Tensor, size: int, lo: int, hi: int
+) -> torch.Tensor:
+    """First grid integer of each element's window: ``size`` consecutive points around
+    ``round(x / alpha)``, shifted to stay inside the grid."""
+    return torch.floor(x / alpha + 0.5).sub_(size // 2).clamp_(lo, hi - size + 1)
+
+
 @torch.no_grad()
 def local_window(
     x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int, delta: float
 ) -> torch.Tensor:
-    """The grid integers RQ samples over, shape ``x.shape + (K,)``: every point within
-    ``delta`` sigmas of x, ``K = 2 ceil(delta sigma / alpha + 1/2) + 1`` consecutive points
-    around ``round(x / alpha)`` (fewer if the grid is smaller), shifted to stay inside it."""
-    half = math.ceil(delta * abs(float(sigma / alpha)) + 0.5)
-    size = min(2 * half + 1, hi - lo + 1)
-    start = torch.floor(x / alpha + 0.5).sub_(size // 2).clamp_(lo, hi - size + 1)
+    """The grid integers RQ samples over, shape ``x.shape + (K,)`` (``window_size``)."""
+    size = window_size(alpha, sigma, lo, hi, delta)
+    start = _window_start(x, alpha, size, lo, hi)
     return start.unsqueeze(-1) + torch.arange(size, dtype=x.dtype, device=x.device)
 
 
@@ -60,47 +72,145 @@ def relaxed_quantize(
     """RQ's training forward (Eq. 2): ``alpha * sum_k r_k k`` with
     ``r = softmax((log pi_k + u_k) / tau)``, ``u_k ~ Gumbel(0, 1)``, over the local window.
 
-    Differentiable in ``x``, ``alpha`` and ``sigma`` by plain autograd (RQ's own gradient).
-    The noise is counter-based (``noise.py``) from one seed taken from ``generator``: on
-    float32 CPU tensors the fused kernels draw the same numbers, and compute the same sampling
-    and gradients without the ``numel x K`` tensors.
+    Differentiable in ``x``, ``alpha`` and ``sigma`` (RQ's own gradient: that of autograd
+    through Eq. 1-2). One operator, ``lowbit::rq_quantize``: the noise is counter-based
+    (``noise.py``) from one seed taken from ``generator``, so the operator is deterministic
+    given it, and on float32 CPU tensors the fused kernels draw the same numbers and compute
+    the same sampling and gradients without the ``numel x K`` tensors.
     """
-    seed = int(torch.randint(0, 2**63 - 1, (), generator=generator))
-    if native.usable(x):
-        half = math.ceil(delta * abs(float(sigma.detach() / alpha.detach())) + 0.5)
-        size = min(2 * half + 1, hi - lo + 1)
-        return _RelaxedFused.apply(x, alpha, sigma, lo, hi, temperature, size, seed)
-    k = local_window(x, alpha, sigma, lo, hi, delta)
-    logits = log_cell_probability(x.unsqueeze(-1), k, alpha, sigma)
-    uniforms = counter_uniforms(seed, element_counters(x), k.shape[-1])
+    # A tensor, not a Python int: reading it would break a compiled graph.
+    seed = torch.randint(0, 2**63 - 1, (), generator=generator)
+    return rq_quantize(x, alpha, sigma, lo, hi, float(temperature), float(delta), seed)
+
+
+def _sample(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    lo: int,
+    hi: int,
+    temperature: float,
+    delta: float,
+    seed: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The local window ``k``, its cells' edges ``u = (alpha (k + 1/2) - x) / sigma`` and
+    ``v = u - alpha / sigma``, and Eq. 2's Gumbel-softmax weights ``r``, each of shape
+    ``(K,) + x.shape``: with the window's points leading, every sum over them is a few
+    elementwise adds (a softmax over a short last dimension costs several times more)."""
+    size = window_size(alpha, sigma, lo, hi, delta)
+    points = torch.arange(size, dtype=x.dtype, device=x.device).view(size, *[1] * x.dim())
+    k = _window_start(x, alpha, size, lo, hi) + points
+    upper = (alpha * (k + 0.5) - x) / sigma
+    lower = upper - alpha / sigma
+    uniforms = counter_uniforms(seed, element_counters(x), size).movedim(-1, 0)
     gumbel = uniforms.log_().neg_().log_().neg_()
-    r = torch.softmax((logits + gumbel) / temperature, dim=-1)
-    return alpha * (r * k).sum(-1)
+    # log pi_k (Eq. 1) without its term shared by every k, which the softmax drops.
+    logits = F.logsigmoid(upper).add_(F.logsigmoid(-lower)).add_(gumbel).div_(temperature)
+    weights = logits.sub_(logits.amax(0)).exp_()
+    return k, upper, lower, weights.div_(weights.sum(0))
 
 
-class _RelaxedFused(torch.autograd.Function):
-    """``relaxed_quantize`` in the fused CPU kernels (``lowbit.quant.native.rq``): the
-    backward pass regenerates the forward's Gumbel noise from its seed, so nothing of size
-    ``numel x K`` is stored; its gradients are those of autograd through Eq. 1-2."""
+def _relaxed_forward(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    lo: int,
+    hi: int,
+    temperature: float,
+    delta: float,
+    seed: torch.Tensor,
+) -> torch.Tensor:
+    """``lowbit::rq_quantize`` on any device: Eq. 2 with the noise of ``seed``."""
+    k, _, _, r = _sample(x, alpha, sigma, lo, hi, temperature, delta, seed)
+    return in_layout_of(x, (r * k).sum(0).mul_(alpha))
 
-    @staticmethod
-    def forward(ctx, x, alpha, sigma, lo, hi, temperature, size, seed):
-        settings = (float(alpha), float(sigma), temperature, lo, hi, size, seed)
-        out, _ = native.rq(x, None, *settings)
-        ctx.settings = settings
-        ctx.save_for_backward(x, alpha, sigma)
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, alpha, sigma = ctx.saved_tensors
-        if grad_out.stride() != x.stride():
-            grad_out = torch.empty_like(x).copy_(grad_out)
-        grad_x, (sum_alpha, sum_sigma) = native.rq(x, grad_out, *ctx.settings)
-        grad_alpha = torch.full(alpha.shape, sum_alpha, dtype=alpha.dtype)
-        grad_sigma = torch.full(sigma.shape, sum_sigma, dtype=sigma.dtype)
-        return grad_x, grad_alpha, grad_sigma, None, None, None, None, None
+def _relaxed_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    lo: int,
+    hi: int,
+    temperature: float,
+    delta: float,
+    seed: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``lowbit::rq_backward`` on any device: the gradients of Eq. 1-2 in ``x``, ``alpha`` and
+    ``sigma``, the sampling redrawn from ``seed`` rather than stored.
 
+    With ``m = sum_k r_k k``, ``dL/dlog pi_k = G alpha c_k / tau``, ``c_k = r_k (k - m)``; the
+    cell edges ``u`` and ``v`` (``_sample``) give ``d log pi_k = S(-u) du - S(v) dv`` (the
+    term of Eq. 1 shared by every k drops out: ``sum_k c_k = 0``). So with ``g = G alpha /
+    (tau sigma)``: ``dL/dx = g sum_k c_k (S(v) - S(-u))``, ``dL/dalpha = sum G m + sum g
+    sum_k c_k (S(-u) (k + 1/2) - S(v) (k - 1/2))`` and ``dL/dsigma = sum g sum_k c_k (S(v) v
+    - S(-u) u)``.
+    """
+    k, upper, lower, r = _sample(x, alpha, sigma, lo, hi, temperature, delta, seed)
+    m = (r * k).sum(0)
+    c = (k - m).mul_(r)
+    s_upper, s_lower = torch.sigmoid(upper.neg()), torch.sigmoid(lower)
+    per_x = (s_lower - s_upper).mul_(c).sum(0)
+    per_alpha = (s_upper * (k + 0.5)).sub_(s_lower * (k - 0.5)).mul_(c).sum(0)
+    per_sigma = (s_lower * lower).sub_(s_upper * upper).mul_(c).sum(0)
+    g = grad * (alpha / (temperature * sigma))
+    grad_alpha = (grad * m).sum() + (g * per_alpha).sum()
+    grad_sigma = (g * per_sigma).sum()
+    return in_layout_of(x, g * per_x), grad_alpha.reshape(alpha.shape), grad_sigma.reshape(
+        sigma.shape
+    )
+
+
+rq_quantize = torch.library.custom_op("lowbit::rq_quantize", _relaxed_forward, mutates_args=())
+rq_backward = torch.library.custom_op("lowbit::rq_backward", _relaxed_backward, mutates_args=())
+
+
+@rq_quantize.register_kernel("cpu")
+def _relaxed_forward_cpu(x, alpha, sigma, lo, hi, temperature, delta, seed):
+    if not native.serves(x):
+        return _relaxed_forward(x, alpha, sigma, lo, hi, temperature, delta, seed)
+    size = window_size(alpha, sigma, lo, hi, delta)
+    out, _ = native.rq(x, None, float(alpha), float(sigma), temperature, lo, hi, size, int(seed))
+    return out
+
+
+@rq_backward.register_kernel("cpu")
+def _relaxed_backward_cpu(grad, x, alpha, sigma, lo, hi, temperature, delta, seed):
+    """The fused kernel regenerates the forward's noise from its seed: nothing of size
+    ``numel x K`` is stored or built."""
+    if not native.serves(x):
+        return _relaxed_backward(grad, x, alpha, sigma, lo, hi, temperature, delta, seed)
+    size = window_size(alpha, sigma, lo, hi, delta)
+    settings = (float(alpha), float(sigma), temperature, lo, hi, size, int(seed))
+    grad_x, (sum_alpha, sum_sigma) = native.rq(x, in_layout_of(x, grad), *settings)
+    grad_alpha = torch.full(alpha.shape, sum_alpha, dtype=alpha.dtype)
+    grad_sigma = torch.full(sigma.shape, sum_sigma, dtype=sigma.dtype)
+    return grad_x, grad_alpha, grad_sigma
+
+
+@rq_quantize.register_fake
+def _(x, alpha, sigma, lo, hi, temperature, delta, seed):
+    return torch.empty_like(x)
+
+
+@rq_backward.register_fake
+def _(grad, x, alpha, sigma, lo, hi, temperature, delta, seed):
+    return torch.empty_like(x), alpha.new_empty(alpha.shape), sigma.new_empty(sigma.shape)
+
+
+def _save_for_rq_backward(ctx, inputs, output):
+    x, alpha, sigma, lo, hi, temperature, delta, seed = inputs
+    ctx.settings = (lo, hi, temperature, delta)
+    ctx.save_for_backward(x, alpha, sigma, seed)
+
+
+def _rq_gradients(ctx, grad):
+    x, alpha, sigma, seed = ctx.saved_tensors
+    grads = rq_backward(grad, x, alpha, sigma, *ctx.settings, seed)
+    return *grads, None, None, None, None, None
+
+
+rq_quantize.register_autograd(_rq_gradients, setup_context=_save_for_rq_backward)
 
 
 class RQQuantizer(LogisticGrid):

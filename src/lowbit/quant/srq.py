@@ -14,7 +14,7 @@ probabilities, with a multi-class straight-through gradient (Eq. 3). Nothing of 
   candidates), scored elementwise with a running maximum.
 * SRQ's straight-through gradient (Eq. 3) goes through ``r_imax = Z pi_imax / sum_j Z_j pi_j``;
   the cells tile the grid, so the sum telescopes over each run of points sharing a gate: a
-  difference of two sigmoids per run and element (``_SemiRelaxed``).
+  difference of two sigmoids per run and element (``_semi_relaxed_backward``).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from lowbit.errors import LowbitError
 from lowbit.quant import native
 from lowbit.quant.dropbits import NO_MASK, DropBitsMasks, Run, mask_runs
-from lowbit.quant.logistic_grid import LogisticGrid
+from lowbit.quant.logistic_grid import LogisticGrid, in_layout_of
 from lowbit.quant.precision import float32_compute
 
 
@@ -74,8 +74,43 @@ SRQ_CHUNK = 1 << 18
 LOG_RATIO_CAP = 60.0
 
 
-class _SemiRelaxed(torch.autograd.Function):
-    """SRQ forward ``alpha * k_max`` with the multi-class straight-through estimator (Eq. 3).
+def _index_dtype(runs: list[int]) -> torch.dtype:
+    """The grid integers' dtype: one byte where the grid ``[runs[0], runs[-2]]`` fits."""
+    return torch.int8 if runs[0] >= -128 and runs[-2] <= 127 else torch.int16
+
+
+def _grid_runs(runs: list[int]) -> list[Run]:
+    return list(zip(runs[0::3], runs[1::3], runs[2::3]))
+
+
+def _semi_relaxed_forward(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    gates: torch.Tensor | None,
+    runs: list[int],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lowbit::srq_quantize`` on any device: SRQ's forward ``alpha * k_max`` (Eq. 3) and
+    ``k_max`` in one or two bytes for the backward pass; ``runs`` are ``srq_argmax``'s,
+    flattened to ``first, last, group, first, ...``."""
+    log_gates = None if gates is None else gates.log()
+    k = srq_argmax(x, alpha, sigma, _grid_runs(runs), log_gates)
+    return in_layout_of(x, k * alpha), in_layout_of(x, k.to(_index_dtype(runs)))
+
+
+def _semi_relaxed_backward(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    k_int: torch.Tensor,
+    alpha: torch.Tensor,
+    sigma: torch.Tensor,
+    gates: torch.Tensor | None,
+    runs: list[int],
+    want_gates: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``lowbit::srq_backward`` on any device: the gradients of ``x``, ``alpha``, ``sigma``
+    and (with ``want_gates``, else zeros; empty without gates) the gates under SRQ's
+    multi-class straight-through estimator (Eq. 3), in chunks of ``SRQ_CHUNK`` elements.
 
     Eq. 3: "Forward: y = one_hot[argmax_i r_i], Backward: dL/dr_imax = dL/dy_imax and
     dL/dr_i = 0 for i != imax", with ``r_i = Z_i pi_i / sum_j Z_j pi_j`` (Algorithm 1 lines
@@ -111,59 +146,92 @@ class _SemiRelaxed(torch.autograd.Function):
     ``1 / r_m = sum_j Z_j mass_j / (Z_m pi_m)``. The gates: ``dr_m / dZ_g = r_m ([g = g_m] /
     Z_m - r_m mass_g / (Z_m pi_m))``.
     """
+    grid_runs = _grid_runs(runs)
+    if grad.shape != x.shape or not grad.is_contiguous():
+        grad = grad.expand_as(x).contiguous()
+    flat_x, flat_g, flat_k = x.reshape(-1), grad.reshape(-1), k_int.reshape(-1)
+    grad_x = torch.empty_like(flat_x)
+    totals = x.new_zeros(3)  # sum G k, the alpha terms, the sigma terms
+    grad_gates = x.new_zeros(0) if gates is None else torch.zeros_like(gates)
+    for start in range(0, flat_x.numel(), SRQ_CHUNK):
+        part = slice(start, start + SRQ_CHUNK)
+        grad_x[part], sums, gate_part = _srq_chunk_gradients(
+            flat_g[part], flat_x[part], flat_k[part], alpha, sigma, grid_runs, gates, want_gates
+        )
+        totals += sums
+        if gate_part is not None:
+            grad_gates += gate_part
+    grad_alpha = (totals[0] + totals[1]).reshape(alpha.shape)
+    grad_sigma = totals[2].clone().reshape(sigma.shape)  # not a view, as the fake kernel's
+    return in_layout_of(x, grad_x.view(x.shape)), grad_alpha, grad_sigma, grad_gates
 
-    @staticmethod
-    def forward(ctx, x, alpha, sigma, gates, runs):
-        lo, hi = runs[0][0], runs[-1][1]
-        index_dtype = torch.int8 if lo >= -128 and hi <= 127 else torch.int16
-        if gates is None and native.usable(x):  # the same rounding in one pass
-            out, k_int = native.srq_round(x, float(alpha), lo, hi, index_dtype)
-        else:
-            log_gates = None if gates is None else gates.log()
-            k = srq_argmax(x, alpha, sigma, runs, log_gates)
-            out = k * alpha
-            k_int = k.to(index_dtype)
-        ctx.runs = runs
-        ctx.save_for_backward(x, k_int, alpha, sigma, gates)
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, k_int, alpha, sigma, gates = ctx.saved_tensors
-        runs = ctx.runs
-        if gates is None and native.usable(grad_out, x):  # the eager formulas in one pass
-            grad_x, (sum_gk, sum_alpha, sum_sigma) = native.srq_backward(
-                grad_out, x, k_int, float(alpha), float(sigma), runs[0][0], runs[-1][1]
-            )
-            grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
-            grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
-            return grad_x, grad_alpha, grad_sigma, None, None
-        want_gates = gates is not None and ctx.needs_input_grad[3]
-        if gates is not None and native.usable(grad_out, x):
-            grad_x, (sum_gk, sum_alpha, sum_sigma), gate_sums = native.srq_masked_backward(
-                grad_out, x, k_int, float(alpha), float(sigma), runs, gates.tolist(), want_gates
-            )
-            grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
-            grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
-            grad_gates = gates.new_tensor(gate_sums) if want_gates else None
-            return grad_x, grad_alpha, grad_sigma, grad_gates, None
-        if grad_out.shape != x.shape or not grad_out.is_contiguous():
-            grad_out = grad_out.expand_as(x).contiguous()
-        flat_x, flat_g, flat_k = x.reshape(-1), grad_out.reshape(-1), k_int.reshape(-1)
-        grad_x = torch.empty_like(flat_x)
-        totals = x.new_zeros(3)  # sum G k, the alpha terms, the sigma terms
-        grad_gates = None if gates is None else torch.zeros_like(gates)
-        for start in range(0, flat_x.numel(), SRQ_CHUNK):
-            part = slice(start, start + SRQ_CHUNK)
-            grad_x[part], sums, gate_part = _srq_chunk_gradients(
-                flat_g[part], flat_x[part], flat_k[part], alpha, sigma, runs, gates, want_gates
-            )
-            totals += sums
-            if gate_part is not None:
-                grad_gates += gate_part
-        grad_alpha = (totals[0] + totals[1]).reshape(alpha.shape)
-        grad_sigma = totals[2].reshape(sigma.shape)
-        return grad_x.view_as(x), grad_alpha, grad_sigma, grad_gates if want_gates else None, None
+srq_quantize = torch.library.custom_op(
+    "lowbit::srq_quantize", _semi_relaxed_forward, mutates_args=()
+)
+srq_backward = torch.library.custom_op(
+    "lowbit::srq_backward", _semi_relaxed_backward, mutates_args=()
+)
+
+
+@srq_quantize.register_kernel("cpu")
+def _semi_relaxed_forward_cpu(x, alpha, sigma, gates, runs):
+    if gates is not None or not native.serves(x):
+        return _semi_relaxed_forward(x, alpha, sigma, gates, runs)
+    # The same rounding in one pass.
+    return native.srq_round(x, float(alpha), runs[0], runs[-2], _index_dtype(runs))
+
+
+@srq_backward.register_kernel("cpu")
+def _semi_relaxed_backward_cpu(grad, x, k_int, alpha, sigma, gates, runs, want_gates):
+    """The eager formulas in one pass (without masks, or with them)."""
+    if not native.serves(x):
+        return _semi_relaxed_backward(grad, x, k_int, alpha, sigma, gates, runs, want_gates)
+    grad = in_layout_of(x, grad)
+    settings = (float(alpha), float(sigma))
+    if gates is None:
+        grad_x, (sum_gk, sum_alpha, sum_sigma) = native.srq_backward(
+            grad, x, k_int, *settings, runs[0], runs[-2]
+        )
+        grad_gates = x.new_zeros(0)
+    else:
+        grad_x, (sum_gk, sum_alpha, sum_sigma), gate_sums = native.srq_masked_backward(
+            grad, x, k_int, *settings, _grid_runs(runs), gates.tolist(), want_gates
+        )
+        grad_gates = gates.new_tensor(gate_sums) if want_gates else torch.zeros_like(gates)
+    grad_alpha = alpha.new_tensor(sum_gk + sum_alpha).reshape(alpha.shape)
+    grad_sigma = sigma.new_tensor(sum_sigma).reshape(sigma.shape)
+    return grad_x, grad_alpha, grad_sigma, grad_gates
+
+
+@srq_quantize.register_fake
+def _(x, alpha, sigma, gates, runs):
+    return torch.empty_like(x), torch.empty_like(x, dtype=_index_dtype(runs))
+
+
+@srq_backward.register_fake
+def _(grad, x, k_int, alpha, sigma, gates, runs, want_gates):
+    grad_gates = x.new_empty(0) if gates is None else gates.new_empty(gates.shape)
+    scales = alpha.new_empty(alpha.shape), sigma.new_empty(sigma.shape)
+    return torch.empty_like(x), *scales, grad_gates
+
+
+def _save_for_srq_backward(ctx, inputs, output):
+    x, alpha, sigma, gates, runs = inputs
+    ctx.runs = runs
+    ctx.save_for_backward(x, output[1], alpha, sigma, gates)
+
+
+def _srq_gradients(ctx, grad, _):
+    x, k_int, alpha, sigma, gates = ctx.saved_tensors
+    want_gates = gates is not None and ctx.needs_input_grad[3]
+    grad_x, grad_alpha, grad_sigma, grad_gates = srq_backward(
+        grad, x, k_int, alpha, sigma, gates, ctx.runs, want_gates
+    )
+    return grad_x, grad_alpha, grad_sigma, grad_gates if want_gates else None, None
+
+
+srq_quantize.register_autograd(_srq_gradients, setup_context=_save_for_srq_backward)
 
 
 def cell_mass(
@@ -207,7 +275,7 @@ def _srq_chunk_gradients(
     gates: torch.Tensor | None,
     want_gates: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """``_SemiRelaxed``'s backward on flat ``x`` (its docstring has the formulas): ``dL/dx``,
+    """SRQ's backward on flat ``x`` (``_semi_relaxed_backward`` has the formulas): ``dL/dx``,
     ``(sum G k, sum G alpha k dr/dalpha, sum G alpha k dr/dsigma)`` and the gates' gradient
     (``None`` unless ``want_gates``)."""
     ratio = alpha / sigma
@@ -313,7 +381,8 @@ def semi_relaxed_quantize(
     """
     dtype = x.dtype
     gates = None if gates is None else gates.to(dtype)
-    return _SemiRelaxed.apply(x, alpha.to(dtype), sigma.to(dtype), gates, runs)
+    flat_runs = [value for run in runs for value in run]
+    return srq_quantize(x, alpha.to(dtype), sigma.to(dtype), gates, flat_runs)[0]
 
 
 

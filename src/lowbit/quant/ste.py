@@ -5,7 +5,9 @@ upstream gradient inside the clipping range and zero outside (``straight_through
 scale ``s`` (alpha, the step) gets ``(sum(g * Q) - sum(g_x * x)) / s`` whenever ``dQ/ds`` is
 ``(Q - x) / s`` inside the range and ``Q / s`` outside it (APoT Eq. 8, UniQ Eq. 6, PACT), so
 two dot products and no per-element temporary (``scale_gradient_sum``). ``clip_backward`` gives
-both, in one pass with the fused CPU kernel (``lowbit.quant.native``) where it serves.
+both: the operator ``lowbit::clip_backward``, whose formula is ``clip_backward_formula`` and
+whose CPU implementation is one pass of the fused kernel (``lowbit.quant.native``) where that
+serves.
 """
 
 from __future__ import annotations
@@ -17,14 +19,6 @@ import torch
 from lowbit.quant import native
 
 
-def host_scalars(x: torch.Tensor) -> bool:
-    """Whether a quantizer of ``x`` may pass its scale as a Python number: on the CPU outside
-    ``torch.compile``, where that selects ATen's fused one-pass kernels (hardtanh and its
-    backward) and reading the scale costs nothing. On a GPU it would wait for the device,
-    and under ``torch.compile`` it would break the graph; tensor ops fuse there anyway."""
-    return x.device.type == "cpu" and not torch.compiler.is_compiling()
-
-
 def straight_through(
     grad: torch.Tensor,
     x: torch.Tensor,
@@ -33,18 +27,10 @@ def straight_through(
     closed: bool = True,
 ) -> torch.Tensor:
     """``grad`` where ``low <= x <= high`` (``low < x < high`` with ``closed=False``), zero
-    elsewhere; a bound of ``None`` is no bound.
+    elsewhere, as a new tensor; a bound of ``None`` is no bound.
 
     ``low`` / ``high`` are tensors broadcasting against ``x`` (a scalar, or one per channel).
-    With scalar bounds and ``host_scalars(x)`` this is one fused pass (hardtanh's backward,
-    whose open range becomes the closed one with the bounds moved one step outward in
-    ``x``'s dtype); a compare-and-select costs about six passes on the CPU. (The fused pass
-    gives ``x = -inf`` or ``+inf`` zero on an unbounded side.)
     """
-    if host_scalars(x) and all(b is None or b.numel() == 1 for b in (low, high)):
-        return torch.ops.aten.hardtanh_backward(
-            grad, x, _host_bound(low, x, -math.inf, closed), _host_bound(high, x, math.inf, closed)
-        )
     inside = None
     for bound, above in ((low, True), (high, False)):
         if bound is not None:
@@ -53,20 +39,8 @@ def straight_through(
             else:
                 side = x <= bound if closed else x < bound
             inside = side if inside is None else inside & side
-    return grad if inside is None else torch.where(inside, grad, 0.0)
-
-
-def _host_bound(
-    bound: torch.Tensor | None, x: torch.Tensor, direction: float, closed: bool
-) -> float:
-    """``bound`` as a Python float in ``x``'s dtype, moved one step towards ``direction``
-    when the range is closed (hardtanh's backward excludes its bounds)."""
-    if bound is None:
-        return direction
-    value = bound.detach().reshape(()).to(x.dtype)
-    if closed:
-        value = torch.nextafter(value, value.new_tensor(direction))
-    return float(value)
+    # Copied even without bounds: an operator's output never aliases its inputs.
+    return grad.clone() if inside is None else torch.where(inside, grad, 0.0)
 
 
 def scale_gradient_sum(
@@ -76,6 +50,63 @@ def scale_gradient_sum(
     ``grad_x = straight_through(grad, x, ...)`` (see the module docstring)."""
     flat_g, flat_gx = grad.reshape(-1), grad_x.reshape(-1)
     return flat_g.dot(out.reshape(-1)) - flat_gx.dot(x.reshape(-1))
+
+
+def clip_backward_formula(
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    low: torch.Tensor | None,
+    high: torch.Tensor | None,
+    closed: bool,
+    scale: torch.Tensor | None,
+    scale_gradient: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``lowbit::clip_backward`` on every device: ``straight_through(grad, x, low, high,
+    closed)`` and the gradient of ``scale`` (empty without one; see ``clip_backward``), per
+    channel when ``scale`` is."""
+    grad_x = straight_through(grad, x, low, high, closed)
+    if scale is None:
+        return grad_x, grad_x.new_empty(0)
+    if scale_gradient == "rounding":
+        if scale.numel() == 1:
+            total = scale_gradient_sum(grad, grad_x, x, out)
+        else:
+            total = (grad * out - grad_x * x).sum_to_size(scale.shape)
+        return grad_x, (total / scale).reshape(scale.shape)
+    outside = grad - grad_x  # the gradient of the elements outside the range
+    direction = x.sign()
+    if scale_gradient == "upper":
+        direction.clamp_(min=0)
+    return grad_x, outside.mul_(direction).sum_to_size(scale.shape).reshape(scale.shape)
+
+
+clip_backward_op = torch.library.custom_op(
+    "lowbit::clip_backward", clip_backward_formula, mutates_args=()
+)
+
+
+@clip_backward_op.register_fake
+def _(grad, x, out, low, high, closed, scale, scale_gradient):
+    return torch.empty_like(x), x.new_empty(0) if scale is None else scale.new_empty(scale.shape)
+
+
+@clip_backward_op.register_kernel("cpu")
+def _(grad, x, out, low, high, closed, scale, scale_gradient):
+    scalars = all(t is None or t.numel() == 1 for t in (low, high, scale))
+    if not (scalars and native.serves(grad, x, out)):
+        return clip_backward_formula(grad, x, out, low, high, closed, scale, scale_gradient)
+    grad_x, (total_out, total_x, above, below) = native.clip_backward(
+        grad, x, out, _value(low, -math.inf), _value(high, math.inf), closed
+    )
+    if scale is None:
+        return grad_x, grad_x.new_empty(0)
+    value = {
+        "rounding": (total_out - total_x) / float(scale),
+        "upper": above,
+        "bounds": above - below,
+    }[scale_gradient]
+    return grad_x, torch.full(scale.shape, value, dtype=scale.dtype)
 
 
 def clip_backward(
@@ -89,37 +120,18 @@ def clip_backward(
     scale_gradient: str = "rounding",
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """The backward of a clipping quantizer whose output is ``out``:
-    ``straight_through(grad, x, low, high, closed)`` and, given its scalar ``scale`` s, the
-    scale's gradient (else ``None``). Scalar bounds on float32 CPU tensors take one fused pass
-    (``native``).
+    ``straight_through(grad, x, low, high, closed)`` and, given its ``scale`` s (a scalar or
+    one per channel, in ``x``'s dtype), the scale's gradient (else ``None``). Scalar bounds on
+    float32 CPU tensors take one fused pass (``native``).
 
     ``scale_gradient`` says how the output depends on s: ``"rounding"``, the quantizer's
     ``dQ/ds = (Q - x)/s`` inside and ``Q/s`` outside (``scale_gradient_sum(...) / s``); ``"upper"``,
     only through a clip at ``high = s`` (PACT Eq. 3: the gradient of the elements above the
     range); ``"bounds"``, through a clip at ``[-s, s]`` (above minus below)."""
-    scalar_bounds = all(b is None or b.numel() == 1 for b in (low, high))
-    if scalar_bounds and native.usable(grad, x, out):
-        grad_x, (total_out, total_x, above, below) = native.clip_backward(
-            grad, x, out, _value(low, -math.inf), _value(high, math.inf), closed
-        )
-        if scale is None:
-            return grad_x, None
-        value = {
-            "rounding": (total_out - total_x) / float(scale),
-            "upper": above,
-            "bounds": above - below,
-        }[scale_gradient]
-        return grad_x, torch.full(scale.shape, value, dtype=scale.dtype)
-    grad_x = straight_through(grad, x, low, high, closed)
-    if scale is None:
-        return grad_x, None
-    if scale_gradient == "rounding":
-        return grad_x, (scale_gradient_sum(grad, grad_x, x, out) / scale).reshape(scale.shape)
-    outside = grad - grad_x  # the gradient of the elements outside the range
-    direction = x.sign()
-    if scale_gradient == "upper":
-        direction.clamp_(min=0)
-    return grad_x, outside.mul_(direction).sum().reshape(scale.shape)
+    grad_x, grad_scale = clip_backward_op(
+        grad, x, out, low, high, closed, scale, scale_gradient
+    )
+    return grad_x, None if scale is None else grad_scale
 
 
 def _value(bound: torch.Tensor | None, default: float) -> float:

@@ -21,6 +21,7 @@ from typing import Union
 
 import torch
 from torch import nn
+from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from lowbit.errors import LowbitError
 from lowbit.quant import native
@@ -38,52 +39,69 @@ MIN_STEP = 1e-8
 Init = Union[str, float]
 
 
-class _LearnedStepQuantize(torch.autograd.Function):
-    """``step * clip(round(x / step))`` with straight-through rounding.
+def learned_step_formula(
+    x: torch.Tensor,
+    step: torch.Tensor,
+    q_min: float,
+    q_max: float,
+    symmetric: bool,
+    grad_scale: float,
+) -> torch.Tensor:
+    """``lowbit::learned_step_quantize`` on every device (see ``learned_step_quantize``);
+    ``grad_scale`` is for the backward."""
+    code = x / step
+    if symmetric:
+        # Sign-magnitude rounding, so Q(-x) = -Q(x) holds exactly, even at ties and -0.
+        code.abs_().floor_().clamp_(max=q_max - 0.5).add_(0.5).copysign_(x)
+    else:
+        code.round_().clamp_(q_min, q_max)
+    return code.mul_(step)
 
-    Autograd of the same formula gives these gradients but records five elementwise ops and
-    saves their inputs; this Function saves only ``x`` and the output, keeping the cost within
-    a few passes over memory. Backward: ``x`` passes straight through inside the open clipping
-    range and gets 0 outside and on its bounds. For the step, ``dQ/dstep = q - x/step`` inside
-    (UniQ Eq. 6, first case) and ``q`` outside (the clipped code), i.e.
-    ``(Q - x [inside]) / step`` everywhere:
-    two dot products for a layer-wise step. Times the gradient scale ``g``.
+
+learned_step_op = torch.library.custom_op(
+    "lowbit::learned_step_quantize", learned_step_formula, mutates_args=()
+)
+
+
+@learned_step_op.register_fake
+def _(x, step, q_min, q_max, symmetric, grad_scale):
+    return torch.empty_like(x)
+
+
+@learned_step_op.register_kernel("cpu")
+def _(x, step, q_min, q_max, symmetric, grad_scale):
+    if step.numel() != 1 or not native.serves(x):
+        return learned_step_formula(x, step, q_min, q_max, symmetric, grad_scale)
+    mode = native.SYMMETRIC if symmetric else native.ROUND_CLAMP
+    top = q_max - 0.5 if symmetric else q_max
+    return native.uniform(x, mode, float(step), 0.0, q_min, top)
+
+
+def _setup_context(ctx, inputs, output):
+    x, step, ctx.q_min, ctx.q_max, _, ctx.grad_scale = inputs
+    ctx.save_for_backward(x, output, step)
+
+
+def _backward(ctx, grad_out):
+    """Straight-through: ``x`` passes inside the open clipping range and gets 0 outside and on
+    its bounds. For the step, ``dQ/dstep = q - x/step`` inside (UniQ Eq. 6, first case) and
+    ``q`` outside (the clipped code), i.e. ``(Q - x [inside]) / step`` everywhere: two dot
+    products for a layer-wise step, a sum per channel for a kernel-wise one. Times the
+    gradient scale ``g``.
     """
+    x, out, step = ctx.saved_tensors
+    # The bounds themselves count as clipped (UniQ Eq. 6: inside is |x| < alpha; LSQ Eq. 3:
+    # v/s >= Q_P gives Q_P).
+    grad_x, grad_step = clip_backward(
+        grad_out, x, out, ctx.q_min * step, ctx.q_max * step, closed=False,
+        scale=step if ctx.needs_input_grad[1] else None,
+    )
+    if grad_step is not None:
+        grad_step = grad_step * ctx.grad_scale
+    return grad_x, grad_step, None, None, None, None
 
-    @staticmethod
-    def forward(ctx, x, step, q_min, q_max, symmetric, grad_scale):
-        if step.numel() == 1 and native.usable(x):  # the same arithmetic in one pass
-            mode = native.SYMMETRIC if symmetric else native.ROUND_CLAMP
-            top = q_max - 0.5 if symmetric else q_max
-            out = native.uniform(x, mode, float(step), 0.0, q_min, top)
-        else:
-            code = x / step
-            if symmetric:
-                # Sign-magnitude rounding, so Q(-x) = -Q(x) holds exactly, even at ties and -0.
-                code.abs_().floor_().clamp_(max=q_max - 0.5).add_(0.5).copysign_(x)
-            else:
-                code.round_().clamp_(q_min, q_max)
-            out = code.mul_(step)
-        ctx.q_min, ctx.q_max, ctx.grad_scale = q_min, q_max, grad_scale
-        ctx.save_for_backward(x, out, step)
-        return out
 
-    @staticmethod
-    def backward(ctx, grad_out):
-        x, out, step = ctx.saved_tensors
-        layer_wise = step.numel() == 1
-        # The bounds themselves count as clipped (UniQ Eq. 6: inside is |x| < alpha; LSQ Eq. 3:
-        # v/s >= Q_P gives Q_P).
-        grad_x, grad_step = clip_backward(
-            grad_out, x, out, ctx.q_min * step, ctx.q_max * step, closed=False,
-            scale=step if layer_wise and ctx.needs_input_grad[1] else None,
-        )
-        if grad_step is not None:
-            grad_step = grad_step * ctx.grad_scale
-        elif ctx.needs_input_grad[1]:
-            total = (grad_out * out - grad_x * x).sum_to_size(step.shape)
-            grad_step = (total * (ctx.grad_scale / step)).reshape(step.shape)
-        return grad_x, grad_step, None, None, None, None
+learned_step_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 @float32_compute
@@ -104,8 +122,13 @@ def learned_step_quantize(
     gradient is the clipped code, ``sign(x) (N-1)/2`` for UniQ weights: Eq. 6 prints
     ``sign(x) alpha``, but ``alpha = step (N-1)/2`` itself moves with the step, and autograd of
     Eq. 3 (as in the authors' code) gives ``sign(x) alpha / step``.
+
+    One operator, ``lowbit::learned_step_quantize`` (``_backward``): autograd of the formula
+    would record five elementwise ops and save their inputs, this saves only ``x`` and the
+    output; a layer-wise step on float32 CPU tensors takes one fused pass
+    (``lowbit.quant.native``), everything else ``learned_step_formula``.
     """
-    return _LearnedStepQuantize.apply(x, step.to(x.dtype), q_min, q_max, symmetric, grad_scale)
+    return learned_step_op(x, step.to(x.dtype), q_min, q_max, symmetric, grad_scale)
 
 
 def code_range(grid: str, bits: int) -> tuple[float, float]:
@@ -134,7 +157,11 @@ class LearnedStepQuantizer(nn.Module):
     number (UniQ Table 5 uses 0.1 and 0.2). ``per_channel`` gives one step per output channel
     (dim 0 of the weight: "kernel-wise"); activations (``"unsigned"``) are layer-wise.
 
-    The step is set from data, under ``no_grad``, by ``initialize``: on the first ``observe``
+    A per-channel step has shape ``(C,)`` from the moment the quantized layer is built
+    (``allocate``, called by ``lowbit.nn.layers``); a quantizer used on its own has an
+    uninitialized parameter (``torch.nn.UninitializedParameter``, which DDP refuses) until it
+    is allocated, loads a state dict or sees its first tensor. Its values are set from data,
+    in place, under ``no_grad``, by ``initialize``: on the first ``observe``
     (calibration, ``lowbit.nn.calibrate``) or else on the first forward. Weight quantizers use
     the first tensor they see; activation quantizers (``activation=True``; signed ones use the
     weights' grid and init rule on their input) keep the maximum of the per-batch estimates
@@ -169,8 +196,8 @@ class LearnedStepQuantizer(nn.Module):
             raise LowbitError("activation quantizers are layer-wise; drop per_channel=True")
         self.q_min, self.q_max = code_range(grid, bits)
         self.q_p = positive_levels(grid, bits)
-        # A placeholder until initialize(): the number of channels is known only from data.
-        self.step = nn.Parameter(torch.ones(()))
+        # Per-channel: sized by allocate() when the layer is built (or by the first tensor).
+        self.step = UninitializedParameter() if per_channel else nn.Parameter(torch.ones(()))
         self.register_buffer("step_bits", torch.tensor(bits))
         self.initialized = False
         self._calibrating = False
@@ -201,13 +228,19 @@ class LearnedStepQuantizer(nn.Module):
             self.initialize(x)
             self._calibrating = self.activation
         elif self._calibrating:
-            self._set_step(torch.maximum(self.step, self.initial_step(x).to(self.step)))
+            self._fill_step(torch.maximum(self.step, self.initial_step(x).to(self.step)))
 
     @torch.no_grad()
     def initialize(self, x: torch.Tensor) -> None:
-        """Set the step from ``x`` with the ``init`` rule (outside autograd)."""
-        self._set_step(self.initial_step(x))
+        """Set the step from ``x`` with the ``init`` rule (outside autograd), in place."""
+        self._fill_step(self.initial_step(x))
         self.initialized = True
+
+    def allocate(self, weight_shape: torch.Size) -> None:
+        """Give a per-channel step its final shape ``(weight_shape[0],)`` (values 1 until
+        initialized); the quantized layer calls it when it is built. Layer-wise: nothing."""
+        if self.per_channel:
+            self._size_step((int(weight_shape[0]),), f"a weight of shape {tuple(weight_shape)}")
 
     def initial_step(self, x: torch.Tensor) -> torch.Tensor:
         """The ``init`` rule's step for the tensor ``x`` (shape ``(C,)`` when per-channel)."""
@@ -225,9 +258,23 @@ class LearnedStepQuantizer(nn.Module):
             step = torch.full(shape, float(self.init), device=x.device)
         return step.clamp(min=MIN_STEP)
 
-    def _set_step(self, value: torch.Tensor) -> None:
-        if self.step.shape != value.shape:
-            self.step.set_(self.step.new_empty(value.shape))
+    @torch.no_grad()
+    def _size_step(self, shape: tuple[int, ...], what: str) -> None:
+        """Materialize an unallocated step at ``shape``; a clear error for an allocated step
+        of another shape (the only time a step gets a shape is here, before training)."""
+        if is_lazy(self.step):
+            self.step.materialize(shape)
+            self.step.fill_(1.0)
+        elif tuple(self.step.shape) != tuple(shape):
+            kind = "per-channel" if self.per_channel else "layer-wise"
+            raise LowbitError(
+                f"a {kind} step of shape {tuple(self.step.shape)} cannot take {what} (shape "
+                f"{tuple(shape)}): was it made for another layer, or with another per_channel?"
+            )
+
+    def _fill_step(self, value: torch.Tensor) -> None:
+        """Copy ``value`` into the step, in place: its shape never changes once allocated."""
+        self._size_step(tuple(value.shape), "this tensor's steps")
         self.step.copy_(value)
 
     def _warn_if_negative(self, x: torch.Tensor) -> None:
@@ -244,20 +291,30 @@ class LearnedStepQuantizer(nn.Module):
                 stacklevel=2,
             )
 
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        if is_lazy(self.step):  # never allocated: saved as is, as lazy modules save theirs
+            destination[prefix + "step"] = self.step
+            bits = self.step_bits
+            destination[prefix + "step_bits"] = bits if keep_vars else bits.detach()
+            return
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # load_state_dict hands each module a shallow copy of the caller's dict.
         saved_bits = state_dict.setdefault(prefix + "step_bits", self.step_bits.clone())
         saved = state_dict.get(prefix + "step")
-        if saved is not None and int(saved_bits) != self.bits:
-            state_dict[prefix + "step"] = torch.ones(())  # another bit-width's step: re-init
-            state_dict[prefix + "step_bits"] = self.step_bits.clone()
-            with torch.no_grad():
-                self._set_step(state_dict[prefix + "step"])
-            self.initialized, self._calibrating = False, False
+        if saved is not None and is_lazy(saved):
+            # The state of a quantizer that never saw a weight: nothing learned to load.
+            state_dict[prefix + "step"] = self.step if is_lazy(self.step) else self.step.detach()
         elif saved is not None:
-            with torch.no_grad():
-                self._set_step(saved)
-            self.initialized, self._calibrating = True, False
+            # A step of the wrong shape is an error here, before anything is copied.
+            self._size_step(tuple(saved.shape), f"the step {prefix}step of the state dict")
+            if int(saved_bits) != self.bits:  # another bit-width's step: re-initialize
+                state_dict[prefix + "step"] = torch.ones_like(self.step)
+                state_dict[prefix + "step_bits"] = self.step_bits.clone()
+                self.initialized, self._calibrating = False, False
+            else:
+                self.initialized, self._calibrating = True, False
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:

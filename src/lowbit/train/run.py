@@ -220,7 +220,12 @@ def _prepare_model(run: Run, stage: str, checkpoint, previous: nn.Module | None)
             f"skipped {len(skipped)}: {', '.join(skipped) or '-'}"
         )
     torch.manual_seed(config.seed)
-    calibrate(model, data.train, config.calibrate_batches)
+    # Under DDP, steps set from data are set before the wrap, which broadcasts rank 0's: on the
+    # first forward after it each rank would set them from its own batch, and they would differ.
+    # Under torch.compile, setting them reads data-dependent values back to Python, which would
+    # split the compiled graph on the first step and leave every layer in its own graph.
+    first_batch = run.group.enabled or config.compile
+    calibrate(model, data.train, max(config.calibrate_batches, int(first_batch)))
     return model
 
 
