@@ -31,8 +31,8 @@ from lowbit.quant.apot import rcf_formula, rcf_op
 from lowbit.quant.levels import levels as make_levels
 from lowbit.quant.pact import pact_formula, pact_op
 from lowbit.quant.project import grid_cells, grid_table
-from lowbit.quant.rq import rq_backward, rq_quantize
-from lowbit.quant.srq import srq_backward, srq_quantize
+from lowbit.quant.rq import rq_backward, rq_backward_formula, rq_formula, rq_quantize
+from lowbit.quant.srq import srq_backward, srq_backward_formula, srq_formula, srq_quantize
 from lowbit.quant.ste import clip_backward_formula, clip_backward_op
 from lowbit.quant.uniq import learned_step_formula, learned_step_op
 
@@ -62,13 +62,13 @@ def cases() -> list[Case]:
          (x, alpha, levels, table, False, False, True)),
         ("clip_backward (rounding rule)", clip_backward_op, clip_backward_formula,
          (grad, x, out, step * 0, step * 15, False, step, "rounding")),
-        ("srq_quantize (4-bit unsigned)", srq_quantize, srq_quantize.default_formula,
+        ("srq_quantize (4-bit unsigned)", srq_quantize, srq_formula,
          (x, step, sigma, None, runs)),
-        ("srq_backward (4-bit unsigned)", srq_backward, srq_backward.default_formula,
+        ("srq_backward (4-bit unsigned)", srq_backward, srq_backward_formula,
          (grad, x, k, step, sigma, None, runs, False)),
-        ("rq_quantize (4-bit unsigned)", rq_quantize, rq_quantize.default_formula,
+        ("rq_quantize (4-bit unsigned)", rq_quantize, rq_formula,
          (x, step, sigma, 0, 15, 1.0, 3.0, seed)),
-        ("rq_backward (4-bit unsigned)", rq_backward, rq_backward.default_formula,
+        ("rq_backward (4-bit unsigned)", rq_backward, rq_backward_formula,
          (grad, x, step, sigma, 0, 15, 1.0, 3.0, seed)),
     ]
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from lowbit.quant import native
-from lowbit.quant.noise import counter_uniforms, element_counters
+from lowbit.quant.noise import counter_uniforms, element_counters, unit_interval
 
 SEEDS = [0, 1, 0x1234_5678_9ABC_DEF0, 2**63 - 2]
 
@@ -46,6 +46,17 @@ def test_uniforms_are_uniform_in_the_open_interval(kernel_path):
     centred = u - 0.5
     assert abs(float((centred[:, 0] * centred[:, 1]).mean())) < 0.003
     assert abs(float((centred[:-1, 0] * centred[1:, 0]).mean())) < 0.003
+
+
+def test_the_extreme_hashes_stay_inside_the_open_interval():
+    """Every 32-bit hash maps strictly inside (0, 1) in float32: 24 bits plus 1/2 would round
+    the largest to 2^24, u = 1 and an infinite Gumbel variate (it did: one NaN in a ResNet-20
+    RQ forward); -log(-log u) is finite at both ends."""
+    bits = torch.tensor([0, 1, 2**31, 2**32 - 2, 2**32 - 1], dtype=torch.int64)
+    u = unit_interval(bits)
+    assert u.dtype == torch.float32 and bool((u > 0).all()) and bool((u < 1).all())
+    assert bool(torch.isfinite(-(-u.log()).log()).all())
+    assert float(u[-1]) == 1 - 2.0**-24 and float(u[0]) == 2.0**-24
 
 
 def test_element_counters_number_memory_positions(kernel_path):

@@ -639,7 +639,7 @@ static inline float uniform_at(uint32_t seed_low, uint32_t seed_high, uint32_t e
                                uint32_t element_high, uint32_t slot) {
     uint32_t bits = mix32(element_low ^ seed_low);
     bits = mix32(bits ^ (slot * 0x9e3779b9u + element_high) ^ seed_high);
-    return ((float)(bits >> 8) + 0.5f) * (1.0f / 16777216.0f);
+    return ((float)(bits >> 9) + 0.5f) * (1.0f / 8388608.0f); /* noise.py: unit_interval */
 }
 
 /* uniform_at for elements first.. of `slots` slots each, in element-major order (tests). */

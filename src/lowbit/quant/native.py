@@ -9,8 +9,8 @@ kernels in ``kernels.c`` do each of these in one vectorized pass on every thread
 eager formula exists for the same result, they use its float32 arithmetic and return its
 bits (sums of the scale gradients are accumulated in double, so those differ from the eager
 dot products in the last bits; SRQ's and RQ's gradients are computed more precisely than the
-eager float32 formulas). RQ draws its noise from a counter-based generator seeded from
-torch's, so its samples differ from the eager path's (same distribution).
+eager float32 formulas). RQ's noise is counter-based (``lowbit.quant.noise``): one seed
+gives the same uniforms on the kernel and in the formula.
 
 The library is compiled once per machine with the system C compiler (``$CC``, else ``cc``,
 ``gcc`` or ``clang``; about a second) into ``kernels/`` of the lowbit cache folder

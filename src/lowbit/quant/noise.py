@@ -8,8 +8,9 @@ compiler or a GPU.
 
 The hash is murmur3's 32-bit finalizer applied twice: over the element's low 32 bits with the
 seed's low word, then over that, the slot's golden-ratio multiple plus the element's high
-bits, and the seed's high word. The result's top 24 bits give ``(bits + 1/2) / 2^24`` in
-(0, 1), never 0 or 1, so ``-log(-log u)`` is finite.
+bits, and the seed's high word. The result's top 23 bits give ``(bits + 1/2) / 2^23`` in
+(0, 1), never 0 or 1, so ``-log(-log u)`` is finite (``unit_interval``: with 24 bits the
+largest, ``2^24 - 1/2``, would round to ``2^24`` in float32 and give u = 1).
 """
 
 from __future__ import annotations
@@ -55,5 +56,9 @@ def counter_uniforms(seed: int, counters: torch.Tensor, slots: int) -> torch.Ten
     first = _mix32(low ^ seed_low).unsqueeze(-1)
     slot = torch.arange(slots, dtype=torch.int64, device=counters.device)
     salt = (_times(slot, GOLDEN32) + high.unsqueeze(-1)) & MASK32
-    bits = _mix32(first ^ salt ^ seed_high)
-    return ((bits >> 8).to(torch.float32) + 0.5) * (1.0 / 2**24)
+    return unit_interval(_mix32(first ^ salt ^ seed_high))
+
+
+def unit_interval(bits: torch.Tensor) -> torch.Tensor:
+    """32-bit hashes (int64 in [0, 2^32)) as float32 numbers strictly inside (0, 1)."""
+    return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / 2**23)

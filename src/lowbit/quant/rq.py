@@ -33,7 +33,7 @@ def log_cell_probability(
     return F.logsigmoid(upper) + F.logsigmoid(-lower) + torch.log(-torch.expm1(-alpha / sigma))
 
 
-def window_size(alpha: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int, delta: float) -> int:
+def _window_size(alpha: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int, delta: float) -> int:
     """``K = 2 ceil(delta sigma / alpha + 1/2) + 1`` grid points (fewer if the grid is smaller):
     every point within ``delta`` sigmas of x lies in its window."""
     half = math.ceil(delta * abs(float(sigma / alpha)) + 0.5)
@@ -52,8 +52,8 @@ def _window_start(
 def local_window(
     x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor, lo: int, hi: int, delta: float
 ) -> torch.Tensor:
-    """The grid integers RQ samples over, shape ``x.shape + (K,)`` (``window_size``)."""
-    size = window_size(alpha, sigma, lo, hi, delta)
+    """The grid integers RQ samples over, shape ``x.shape + (K,)`` (``_window_size``)."""
+    size = _window_size(alpha, sigma, lo, hi, delta)
     start = _window_start(x, alpha, size, lo, hi)
     return start.unsqueeze(-1) + torch.arange(size, dtype=x.dtype, device=x.device)
 
@@ -97,7 +97,7 @@ def _sample(
     ``v = u - alpha / sigma``, and Eq. 2's Gumbel-softmax weights ``r``, each of shape
     ``(K,) + x.shape``: with the window's points leading, every sum over them is a few
     elementwise adds (a softmax over a short last dimension costs several times more)."""
-    size = window_size(alpha, sigma, lo, hi, delta)
+    size = _window_size(alpha, sigma, lo, hi, delta)
     points = torch.arange(size, dtype=x.dtype, device=x.device).view(size, *[1] * x.dim())
     k = _window_start(x, alpha, size, lo, hi) + points
     upper = (alpha * (k + 0.5) - x) / sigma
@@ -110,7 +110,7 @@ def _sample(
     return k, upper, lower, weights.div_(weights.sum(0))
 
 
-def _relaxed_forward(
+def rq_formula(
     x: torch.Tensor,
     alpha: torch.Tensor,
     sigma: torch.Tensor,
@@ -125,7 +125,7 @@ def _relaxed_forward(
     return in_layout_of(x, (r * k).sum(0).mul_(alpha))
 
 
-def _relaxed_backward(
+def rq_backward_formula(
     grad: torch.Tensor,
     x: torch.Tensor,
     alpha: torch.Tensor,
@@ -154,33 +154,31 @@ def _relaxed_backward(
     per_alpha = (s_upper * (k + 0.5)).sub_(s_lower * (k - 0.5)).mul_(c).sum(0)
     per_sigma = (s_lower * lower).sub_(s_upper * upper).mul_(c).sum(0)
     g = grad * (alpha / (temperature * sigma))
-    grad_alpha = (grad * m).sum() + (g * per_alpha).sum()
-    grad_sigma = (g * per_sigma).sum()
-    return in_layout_of(x, g * per_x), grad_alpha.reshape(alpha.shape), grad_sigma.reshape(
-        sigma.shape
-    )
+    grad_alpha = (grad * m).add_(g * per_alpha).sum().reshape(alpha.shape)
+    grad_sigma = (g * per_sigma).sum().reshape(sigma.shape)
+    return in_layout_of(x, g * per_x), grad_alpha, grad_sigma
 
 
-rq_quantize = torch.library.custom_op("lowbit::rq_quantize", _relaxed_forward, mutates_args=())
-rq_backward = torch.library.custom_op("lowbit::rq_backward", _relaxed_backward, mutates_args=())
+rq_quantize = torch.library.custom_op("lowbit::rq_quantize", rq_formula, mutates_args=())
+rq_backward = torch.library.custom_op("lowbit::rq_backward", rq_backward_formula, mutates_args=())
 
 
 @rq_quantize.register_kernel("cpu")
-def _relaxed_forward_cpu(x, alpha, sigma, lo, hi, temperature, delta, seed):
+def _rq_cpu(x, alpha, sigma, lo, hi, temperature, delta, seed):
     if not native.serves(x):
-        return _relaxed_forward(x, alpha, sigma, lo, hi, temperature, delta, seed)
-    size = window_size(alpha, sigma, lo, hi, delta)
+        return rq_formula(x, alpha, sigma, lo, hi, temperature, delta, seed)
+    size = _window_size(alpha, sigma, lo, hi, delta)
     out, _ = native.rq(x, None, float(alpha), float(sigma), temperature, lo, hi, size, int(seed))
     return out
 
 
 @rq_backward.register_kernel("cpu")
-def _relaxed_backward_cpu(grad, x, alpha, sigma, lo, hi, temperature, delta, seed):
+def _rq_backward_cpu(grad, x, alpha, sigma, lo, hi, temperature, delta, seed):
     """The fused kernel regenerates the forward's noise from its seed: nothing of size
     ``numel x K`` is stored or built."""
     if not native.serves(x):
-        return _relaxed_backward(grad, x, alpha, sigma, lo, hi, temperature, delta, seed)
-    size = window_size(alpha, sigma, lo, hi, delta)
+        return rq_backward_formula(grad, x, alpha, sigma, lo, hi, temperature, delta, seed)
+    size = _window_size(alpha, sigma, lo, hi, delta)
     settings = (float(alpha), float(sigma), temperature, lo, hi, size, int(seed))
     grad_x, (sum_alpha, sum_sigma) = native.rq(x, in_layout_of(x, grad), *settings)
     grad_alpha = torch.full(alpha.shape, sum_alpha, dtype=alpha.dtype)

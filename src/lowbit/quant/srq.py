@@ -14,7 +14,7 @@ probabilities, with a multi-class straight-through gradient (Eq. 3). Nothing of 
   candidates), scored elementwise with a running maximum.
 * SRQ's straight-through gradient (Eq. 3) goes through ``r_imax = Z pi_imax / sum_j Z_j pi_j``;
   the cells tile the grid, so the sum telescopes over each run of points sharing a gate: a
-  difference of two sigmoids per run and element (``_semi_relaxed_backward``).
+  difference of two sigmoids per run and element (``srq_backward_formula``).
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def _grid_runs(runs: list[int]) -> list[Run]:
     return list(zip(runs[0::3], runs[1::3], runs[2::3]))
 
 
-def _semi_relaxed_forward(
+def srq_formula(
     x: torch.Tensor,
     alpha: torch.Tensor,
     sigma: torch.Tensor,
@@ -98,7 +98,7 @@ def _semi_relaxed_forward(
     return in_layout_of(x, k * alpha), in_layout_of(x, k.to(_index_dtype(runs)))
 
 
-def _semi_relaxed_backward(
+def srq_backward_formula(
     grad: torch.Tensor,
     x: torch.Tensor,
     k_int: torch.Tensor,
@@ -152,7 +152,7 @@ def _semi_relaxed_backward(
     flat_x, flat_g, flat_k = x.reshape(-1), grad.reshape(-1), k_int.reshape(-1)
     grad_x = torch.empty_like(flat_x)
     totals = x.new_zeros(3)  # sum G k, the alpha terms, the sigma terms
-    grad_gates = x.new_zeros(0) if gates is None else torch.zeros_like(gates)
+    grad_gates = x.new_empty(0) if gates is None else torch.zeros_like(gates)
     for start in range(0, flat_x.numel(), SRQ_CHUNK):
         part = slice(start, start + SRQ_CHUNK)
         grad_x[part], sums, gate_part = _srq_chunk_gradients(
@@ -167,33 +167,33 @@ def _semi_relaxed_backward(
 
 
 srq_quantize = torch.library.custom_op(
-    "lowbit::srq_quantize", _semi_relaxed_forward, mutates_args=()
+    "lowbit::srq_quantize", srq_formula, mutates_args=()
 )
 srq_backward = torch.library.custom_op(
-    "lowbit::srq_backward", _semi_relaxed_backward, mutates_args=()
+    "lowbit::srq_backward", srq_backward_formula, mutates_args=()
 )
 
 
 @srq_quantize.register_kernel("cpu")
-def _semi_relaxed_forward_cpu(x, alpha, sigma, gates, runs):
+def _srq_cpu(x, alpha, sigma, gates, runs):
     if gates is not None or not native.serves(x):
-        return _semi_relaxed_forward(x, alpha, sigma, gates, runs)
+        return srq_formula(x, alpha, sigma, gates, runs)
     # The same rounding in one pass.
     return native.srq_round(x, float(alpha), runs[0], runs[-2], _index_dtype(runs))
 
 
 @srq_backward.register_kernel("cpu")
-def _semi_relaxed_backward_cpu(grad, x, k_int, alpha, sigma, gates, runs, want_gates):
+def _srq_backward_cpu(grad, x, k_int, alpha, sigma, gates, runs, want_gates):
     """The eager formulas in one pass (without masks, or with them)."""
     if not native.serves(x):
-        return _semi_relaxed_backward(grad, x, k_int, alpha, sigma, gates, runs, want_gates)
+        return srq_backward_formula(grad, x, k_int, alpha, sigma, gates, runs, want_gates)
     grad = in_layout_of(x, grad)
     settings = (float(alpha), float(sigma))
     if gates is None:
         grad_x, (sum_gk, sum_alpha, sum_sigma) = native.srq_backward(
             grad, x, k_int, *settings, runs[0], runs[-2]
         )
-        grad_gates = x.new_zeros(0)
+        grad_gates = x.new_empty(0)
     else:
         grad_x, (sum_gk, sum_alpha, sum_sigma), gate_sums = native.srq_masked_backward(
             grad, x, k_int, *settings, _grid_runs(runs), gates.tolist(), want_gates
@@ -219,6 +219,7 @@ def _(grad, x, k_int, alpha, sigma, gates, runs, want_gates):
 def _save_for_srq_backward(ctx, inputs, output):
     x, alpha, sigma, gates, runs = inputs
     ctx.runs = runs
+    ctx.set_materialize_grads(False)  # no zero tensor for the grid integers' gradient
     ctx.save_for_backward(x, output[1], alpha, sigma, gates)
 
 
@@ -275,7 +276,7 @@ def _srq_chunk_gradients(
     gates: torch.Tensor | None,
     want_gates: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """SRQ's backward on flat ``x`` (``_semi_relaxed_backward`` has the formulas): ``dL/dx``,
+    """SRQ's backward on flat ``x`` (``srq_backward_formula`` has the formulas): ``dL/dx``,
     ``(sum G k, sum G alpha k dr/dalpha, sum G alpha k dr/dsigma)`` and the gates' gradient
     (``None`` unless ``want_gates``)."""
     ratio = alpha / sigma
@@ -373,7 +374,8 @@ def semi_relaxed_quantize(
 ) -> torch.Tensor:
     """SRQ (Eq. 3): the mode of ``Z pi / sum(Z pi)`` on the grid ``alpha * k``, with the
     multi-class straight-through gradient through ``r_imax`` into ``x``, ``alpha``, ``sigma``
-    and the gates (``_SemiRelaxed``).
+    and the gates (``srq_backward_formula``). One operator, ``lowbit::srq_quantize``, with
+    ``lowbit::srq_backward``: on float32 CPU tensors the fused kernels compute both passes.
 
     ``runs`` as in ``srq_argmax``; ``gates`` (one per mask group, from
     ``DropBitsMasks.gates``) is ``None`` without DropBits. Without masks the forward equals
