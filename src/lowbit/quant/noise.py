@@ -22,11 +22,9 @@ GOLDEN32 = 0x9E3779B9
 
 
 def _times(h: torch.Tensor, constant: int) -> torch.Tensor:
-    """``h * constant mod 2^32`` for ``h`` in [0, 2^32): in 16-bit halves of the constant, so
-    no int64 product overflows."""
-    low = h * (constant & 0xFFFF)
-    high = ((h * (constant >> 16)) & 0xFFFF) << 16
-    return (low + high) & MASK32
+    """``h * constant mod 2^32`` for ``h`` in [0, 2^32): the int64 product wraps modulo 2^64
+    (two's complement), which keeps its low 32 bits exact."""
+    return (h * constant) & MASK32
 
 
 def _mix32(h: torch.Tensor) -> torch.Tensor:
