@@ -1,5 +1,5 @@
 """The ``lowbit`` command line: ``lowbit train | eval | import | methods | sweep | recipes |
-report | plot | export``.
+report | plot | export | diagnose | analyze``.
 
 User mistakes (``LowbitError``) print one line and exit with status 2; an interrupted run
 says how to resume it.
@@ -93,7 +93,18 @@ def _eval(args: argparse.Namespace) -> int:
 
     from lowbit.evaluate import evaluate_checkpoint
 
+    if args.onnx is not None:
+        return _eval_onnx(args)
+    if args.checkpoint is None:
+        raise LowbitError("give lowbit eval a CHECKPOINT (or --onnx FILE, an exported model)")
     bits = None if args.bits is None else _bit_list(args.bits)
+    individual = None
+    if args.individual is not None:
+        from lowbit.adaptive.evaluation import parse_individual
+
+        if bits is None:
+            raise LowbitError("--individual compares an adaptive network's --bits rows; add --bits")
+        individual = parse_individual(args.individual)
     result = evaluate_checkpoint(
         args.checkpoint,
         args.data,
@@ -103,6 +114,10 @@ def _eval(args: argparse.Namespace) -> int:
         bits,
         args.calibration_batches,
     )
+    if individual is not None:
+        from lowbit.adaptive.evaluation import relative_accuracy
+
+        result["delta_b"] = relative_accuracy(result["rows"], result["trained_bits"], individual)
     if args.json:
         print(json.dumps(result))
         return 0
@@ -117,16 +132,36 @@ def _eval(args: argparse.Namespace) -> int:
                 result["rows"],
                 f"{result['model']} {result['method']}, B = {{{trained}}}, on {result['data']} "
                 f"({result['rows'][0]['n']} test images)",
+                individual,
+                result.get("delta_b"),
             )
         )
     else:
-        label = result["method"]
-        if label != "float":
-            label += f" {result['bits']}-bit"
-        print(
-            f"{result['model']} {label} on {result['data']} ({result['n']} test images): "
-            f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%"
-        )
+        print(_accuracy_line(result))
+    return 0
+
+
+def _accuracy_line(result: dict) -> str:
+    label = result["method"]
+    if label != "float":
+        label += f" {result['bits']}-bit"
+    return (
+        f"{result['model']} {label} on {result['data']} ({result['n']} test images): "
+        f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%"
+    )
+
+
+def _eval_onnx(args: argparse.Namespace) -> int:
+    """``lowbit eval --onnx FILE``: the deployed model on onnxruntime, same data options."""
+    from lowbit.evaluate import evaluate_onnx
+
+    given = (("CHECKPOINT", args.checkpoint), ("--bits", args.bits),
+             ("--individual", args.individual), ("--calibration-batches", args.calibration_batches))
+    extra = [name for name, value in given if value is not None]
+    if extra:
+        raise LowbitError(f"--onnx evaluates the exported file alone; drop {extra[0]}")
+    result = evaluate_onnx(args.onnx, args.data, args.data_dir, args.batch_size, args.threads)
+    print(json.dumps(result) if args.json else _accuracy_line(result))
     return 0
 
 
@@ -138,6 +173,15 @@ def _import_apot_official(args: argparse.Namespace) -> int:
         f"wrote {result['checkpoint']}: {result['model']} ({result['bits']}-bit, "
         f"{result['data']}); evaluate it with: lowbit eval {result['checkpoint']} --data-dir DIR"
     )
+    return 0
+
+
+def _import_pytorchcv(args: argparse.Namespace) -> int:
+    from lowbit.convert import import_pytorchcv_preresnet
+
+    result = import_pytorchcv_preresnet(args.src, args.out)
+    print(f"wrote {result['checkpoint']}: {result['model']} float weights; start a run from it "
+          f"with --init {result['checkpoint']}")
     return 0
 
 
@@ -187,42 +231,53 @@ def _layer_bits(text: str) -> int | None:
 
 def _report(args: argparse.Namespace) -> int:
     from lowbit.analysis.cost import model_cost
-    from lowbit.analysis.report import format_report, load_model, sample_input
+    from lowbit.analysis.report import (
+        deploy_sizes,
+        format_report,
+        format_sizes,
+        load_model,
+        sample_input,
+    )
 
     # A zoo model is only counted, so it is built on the meta device (no memory, no init).
     model, info = load_model(args.model, args.method, args.bits, args.first_last_bits, "meta")
-    cost = model_cost(model, sample_input(model, info, args.image_size))
+    sample = sample_input(model, info, args.image_size)
+    cost = model_cost(model, sample)
+    # A trained checkpoint also gets the sizes of its two deployments (codes needed).
+    trained = info["method"] != "float" and not sample.is_meta
+    sizes = deploy_sizes(model, sample, info) if trained else {}
     if args.json:
         keys = ("name", "method", "bits")
-        print(json.dumps({**{key: info[key] for key in keys}, **cost.to_dict()}))
+        print(json.dumps({**{key: info[key] for key in keys}, **cost.to_dict(), **sizes}))
     else:
         print(format_report(cost, info))
+        if sizes:
+            print(format_sizes(sizes))
     return 0
 
 
 def _plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from lowbit.analysis import plots
+    from lowbit.analysis import plots, run_plots
     from lowbit.analysis.report import load_model, sample_input
     from lowbit.nn.calibrate import calibrate
 
-    out = Path(args.out)
-    if Path(args.source).is_dir():
-        written = [plots.plot_sweep(plots.sweep_points(args.source), out / "accuracy.png")]
+    source = Path(args.source)
+    if source.is_dir():  # a run directory, else a sweep's
+        out = Path(args.out) if args.out else source
+        if (source / "metrics.jsonl").is_file():
+            written = run_plots.write_run_figures(source, out, args.layers)
+        else:
+            written = run_plots.write_sweep_figures(source, out)
     else:
+        if args.out is None and not source.is_file():
+            raise LowbitError(f"give -o DIR: where to write the figures of {args.source!r}")
+        out = Path(args.out) if args.out else source.parent
         model, info = load_model(args.source, args.method, args.bits, args.first_last_bits)
         sample = sample_input(model, info, args.image_size, batch=8).normal_()
         calibrate(model, [sample], 1)  # sets the step sizes a fresh zoo model lacks
-        weights, activations = plots.histogram_panels(model, sample, args.layers)
-        written = [
-            plots.plot_histograms(weights, out / "weights.png", "weight"),
-            plots.plot_clipping(plots.clipping_curves(model, args.layers), out / "clipping.png"),
-        ]
-        if activations:
-            written.append(
-                plots.plot_histograms(activations, out / "activations.png", "activation")
-            )
+        written = plots.write_model_figures(model, sample, out, args.layers)
     for path in written:
         print(f"wrote {path}")
     return 0
@@ -234,9 +289,14 @@ def _export(args: argparse.Namespace) -> int:
 
     from lowbit.analysis.cost import model_cost
     from lowbit.analysis.report import load_model, sample_input, significant
+    from lowbit.export.bit_width import single_bit_width
+    from lowbit.export.onnx import check_target, checkpoint_metadata, export_onnx, onnx_summary
     from lowbit.export.writer import export_model
 
+    if args.onnx:  # a bad ONNX path fails before the export directory is written
+        check_target(Path(args.onnx))
     model, info = load_model(args.checkpoint)
+    model = single_bit_width(model, args.bits)  # a CoQuant network: the chosen bit-width
     keys = ("name", "options", "num_classes", "in_channels")
     out = export_model(model, args.out, {key: info[key] for key in keys})
     size = sum(os.path.getsize(path) for path in Path(out).iterdir())
@@ -246,10 +306,17 @@ def _export(args: argparse.Namespace) -> int:
         f"(lowbit report: {significant(expected)} MB)"
     )
     if args.onnx:
-        from lowbit.export.onnx import export_onnx
-
-        print(f"wrote {export_onnx(model, args.onnx, sample_input(model, info, args.image_size))}")
+        sample = sample_input(model, info, args.image_size)
+        metadata = checkpoint_metadata(args.checkpoint, info, sample, args.bits)
+        path = export_onnx(model, args.onnx, sample, metadata)
+        print(f"wrote {path}: {onnx_summary(path)}")
     return 0
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from lowbit.analysis import analyze
+
+    return analyze.run(args)
 
 
 def _diagnose(args: argparse.Namespace) -> int:
@@ -300,11 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_verbosity(train)
     train.set_defaults(handler=_train)
 
-    evaluation = commands.add_parser("eval", help="top-1/top-5 of a lowbit checkpoint")
+    evaluation = commands.add_parser(
+        "eval", help="top-1/top-5 of a lowbit checkpoint, or of an exported ONNX model"
+    )
     evaluation.add_argument(
         "checkpoint",
+        nargs="?",
         help="a .pt from lowbit train or lowbit import, or a run directory (its best.pt, else "
         "last.pt)",
+    )
+    evaluation.add_argument(
+        "--onnx", metavar="FILE",
+        help="instead of a checkpoint: an ONNX file of lowbit export --onnx, run on onnxruntime",
+    )
+    evaluation.add_argument(
+        "--threads", type=int, help="onnxruntime intra-op threads with --onnx (default 2)"
     )
     evaluation.add_argument("--data", help="data set name (default: the checkpoint's)")
     evaluation.add_argument("--data-dir", help="where the data set's files are")
@@ -316,6 +393,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="B,B,...",
         help="a network trained with adaptive.bits: test at each of these bit-widths, e.g. "
         "2,3,4,5,6,7,8 (those it was not trained at: zero-shot, BatchNorm recalibrated)",
+    )
+    evaluation.add_argument(
+        "--individual",
+        metavar="B=TOP1,...",
+        help="with --bits: top-1 of networks trained at one bit-width each, as numbers or run "
+        "directories (e.g. 8=95.1,4=runs/r18-4bit); prints Delta_B, CoQuant's relative accuracy",
     )
     evaluation.add_argument(
         "--calibration-batches",
@@ -335,6 +418,13 @@ def build_parser() -> argparse.ArgumentParser:
     apot.add_argument("--bits", required=True, help="bits it was trained with: 2-5, or 32/float")
     apot.add_argument("-o", "--out", required=True, help="the lowbit checkpoint to write")
     apot.set_defaults(handler=_import_apot_official)
+    pytorchcv = formats.add_parser(
+        "pytorchcv-preresnet",
+        help="PytorchCV's preresnet18/34 float weights (UniQ's starts) for preact_resnet18/34",
+    )
+    pytorchcv.add_argument("src", help="PytorchCV's .pth file (a state dict)")
+    pytorchcv.add_argument("-o", "--out", required=True, help="the file to write, for --init")
+    pytorchcv.set_defaults(handler=_import_pytorchcv)
 
     methods = commands.add_parser("methods", help="list the quantization methods")
     methods.set_defaults(handler=_methods)
@@ -366,10 +456,17 @@ def build_parser() -> argparse.ArgumentParser:
     report.set_defaults(handler=_report)
 
     plot = commands.add_parser(
-        "plot", help="PNGs: histograms with levels, clipping ratio, or accuracy vs bits"
+        "plot", help="PNGs: a run's learning curves and training dynamics, histograms with "
+        "levels, clipping ratio, or a sweep's accuracy vs bits"
     )
-    plot.add_argument("source", help="zoo model name, lowbit checkpoint, or sweep directory")
-    plot.add_argument("-o", "--out", required=True, help="directory for the PNG files")
+    plot.add_argument(
+        "source", help="run directory, sweep directory, lowbit checkpoint or zoo model name"
+    )
+    plot.add_argument(
+        "-o", "--out",
+        help="directory for the PNG files (default: the run or sweep directory, or the "
+        "checkpoint's; needed for a zoo model)",
+    )
     _add_model_arguments(plot)
     plot.add_argument("--layers", type=int, default=6, help="layers to show (default 6)")
     plot.set_defaults(handler=_plot)
@@ -379,8 +476,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("checkpoint", help="a quantized lowbit checkpoint")
     export.add_argument("-o", "--out", required=True, help="export directory (new or empty)")
-    export.add_argument("--onnx", metavar="FILE", help="also write an ONNX QDQ graph (uniform)")
+    export.add_argument(
+        "--onnx", metavar="FILE",
+        help="also write an ONNX graph with integer convolutions (ConvInteger / MatMulInteger)",
+    )
     export.add_argument("--image-size", type=int, help="input side (default: the model's data)")
+    export.add_argument(
+        "--bits", type=int,
+        help="a network trained at several bit-widths (adaptive.bits): the one to export",
+    )
     export.set_defaults(handler=_export)
 
     # Its options are defined there; importing it costs little (lowbit.quant is loaded).
@@ -394,6 +498,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     relaxed_diagnostics.add_arguments(diagnose)
     diagnose.set_defaults(handler=_diagnose)
+
+    from lowbit.analysis import analyze
+
+    analysis = commands.add_parser(
+        "analyze",
+        help="APoT Fig. 6: per layer, Eq. 14's clipping and projection errors at the "
+        "quantizer's alpha and at QEM's (error-minimizing) alpha",
+        description=analyze.DESCRIPTION,
+    )
+    analysis.add_argument("source", help="run directory, lowbit checkpoint or zoo model name")
+    _add_model_arguments(analysis)
+    analyze.add_arguments(analysis)
+    analysis.set_defaults(handler=_analyze)
     return parser
 
 

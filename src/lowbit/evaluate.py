@@ -1,4 +1,5 @@
-"""``lowbit eval``: rebuild the model a checkpoint's config describes, load it, test it."""
+"""``lowbit eval``: rebuild the model a checkpoint's config describes, load it, test it; or
+test a model exported as ONNX (``lowbit eval --onnx``) on the same data, with onnxruntime."""
 
 from __future__ import annotations
 
@@ -105,6 +106,14 @@ def find_checkpoint(path: str | Path) -> Path:
     )
 
 
+def data_changes(
+    data: str | None, data_dir: str | None, batch_size: int | None
+) -> dict[str, dict[str, Any]]:
+    """The config changes of ``lowbit eval``'s data options (those given)."""
+    given = (("name", data), ("dir", data_dir), ("eval_batch_size", batch_size))
+    return {"data": {key: value for key, value in given if value is not None}}
+
+
 def evaluate_checkpoint(
     path: str | Path,
     data: str | None = None,
@@ -126,9 +135,7 @@ def evaluate_checkpoint(
     """
     source = str(find_checkpoint(path))
     checkpoint = load_checkpoint(source)
-    given = (("name", data), ("dir", data_dir), ("eval_batch_size", batch_size))
-    update = {key: value for key, value in given if value is not None}
-    config = checkpoint_config(checkpoint, source, {"data": update})
+    config = checkpoint_config(checkpoint, source, data_changes(data, data_dir, batch_size))
     target = pick_device(device)
     bundle = data_from_config(config, target)
     model = rebuild_model(checkpoint, bundle.num_classes, bundle.in_channels, source, config)
@@ -159,5 +166,39 @@ def evaluate_checkpoint(
         "method": config.method if quantized else "float",
         # An adaptive network is tested at its highest bit-width.
         "bits": (settings.bits[0] if settings else config.bits) if quantized else 32,
+        "data": config.data.name,
+    }
+
+
+def evaluate_onnx(
+    path: str | Path,
+    data: str | None = None,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """``evaluate_checkpoint`` of a model deployed as ONNX by ``lowbit export --onnx``: the
+    same metrics and keys, measured with onnxruntime (``threads`` intra-op threads, default
+    ``lowbit.export.onnx_runtime.DEFAULT_THREADS``) on the test split of the data the run
+    config stored in the file describes (its data loaders and input normalization)."""
+    from lowbit.export.onnx_runtime import load_onnx  # onnxruntime only when asked for
+
+    model = load_onnx(path, threads)
+    stored = model.metadata.get("config")
+    if not isinstance(stored, dict):
+        raise LowbitError(
+            f"{str(path)!r} holds no lowbit run config; export it from a checkpoint with "
+            "lowbit export CKPT -o DIR --onnx FILE"
+        )
+    source = str(path)
+    config = checkpoint_config({"config": stored}, source, data_changes(data, data_dir, batch_size))
+    bundle = data_from_config(config, torch.device("cpu"))
+    metrics = evaluate(model, bundle.test)
+    return {
+        **metrics,
+        "checkpoint": source,
+        "model": config.model.name,
+        "method": model.metadata.get("method", config.method),
+        "bits": model.metadata.get("bits", config.bits),
         "data": config.data.name,
     }

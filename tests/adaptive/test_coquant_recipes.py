@@ -9,7 +9,17 @@ from lowbit.train.checks import check_config
 from lowbit.train.config import DEFAULTS, resolve_config
 from lowbit.train.recipes import find_recipe, packaged, read_yaml
 
-RECIPES = sorted(name for name in packaged() if name.startswith("coquant-"))
+RECIPES = sorted(name for name in packaged()
+                 if name.startswith("coquant-") and not name.startswith("coquant-ablation-"))
+ABLATIONS = sorted(name for name in packaged() if name.startswith("coquant-ablation-"))
+# The supplement's §4: Delta_B (%) of ResNet-18 on CIFAR-10 at lambda = 0, 0.001 and 1.
+LAMBDA_DELTA_B = {"lambda0": (0.0, 98.3), "lambda1e-3": (0.001, 100.1), "lambda1": (1.0, 97.7)}
+# The one adaptive setting each other ablation changes.
+CHANGED = {
+    "teacher-highest": {"teacher": "highest"}, "teacher-next": {"teacher": "next"},
+    "teacher-none": {"teacher": "none", "swap": False}, "noswap": {"swap": False},
+    "swap-flat": {"swap_schedule": "flat"},
+}
 
 # Supplement Table 4 (ResNet-18, CIFAR-10): top-1 at 8..2 bits for each trained set B.
 TABLE4 = {
@@ -54,3 +64,26 @@ def test_recipe_follows_table2_and_builds_a_switchable_model(name):
     model = quantize_from_config(build_model(config["model"]["name"], num_classes=classes), config)
     assert model_bit_widths(model) == tuple(adaptive["bits"])
     assert any(isinstance(m, SwitchableBatchNorm) for m in model.modules())
+
+
+def test_ablations_change_one_setting_of_the_table4_row():
+    """Each ablation is coquant-resnet18-cifar10-8642 with one adaptive setting changed; the
+    lambda rows carry the supplement's Delta_B; the -individual-* rows train one bit-width of
+    B alone (Delta_B's denominators) with everything else the same."""
+    row = resolve_config(find_recipe("coquant-resnet18-cifar10-8642"))
+    suffixes = {name[len("coquant-ablation-resnet18-cifar10-"):] for name in ABLATIONS}
+    individual = {f"individual-{b}bit" for b in (8, 6, 4, 2)}
+    assert suffixes == {*LAMBDA_DELTA_B, *CHANGED, *individual}
+    for suffix in suffixes:
+        config = resolve_config(find_recipe(f"coquant-ablation-resnet18-cifar10-{suffix}"))
+        check_config(config)
+        changed = dict(CHANGED.get(suffix, {}))
+        if suffix in LAMBDA_DELTA_B:
+            changed["lambda"], delta_b = LAMBDA_DELTA_B[suffix]
+            assert config["paper"]["delta_b"] == delta_b
+        expected = {**row, "paper": config["paper"], "adaptive": {**row["adaptive"], **changed}}
+        if suffix in individual:
+            bits = int(suffix[len("individual-"):-len("bit")])
+            expected.update(bits=bits, adaptive={**row["adaptive"], "bits": None})
+        assert config == expected, suffix
+

@@ -70,3 +70,17 @@ def test_cli_plot_writes_readable_pngs(tmp_path, capsys):
     assert main(["plot", str(tmp_path / "sweep"), "-o", str(tmp_path / "figs")]) == 0
     assert _is_png(tmp_path / "figs" / "accuracy.png")
     assert capsys.readouterr().out.count("wrote") == 4
+
+
+def test_srq_weights_plot_on_their_grid_without_an_integer_export(tmp_path):
+    """SRQ Fig. 2: weight histograms with the grid points, for a method with no integer
+    export (the plot reads each quantizer's own grid)."""
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    model = build_model("lenet5")
+    lowbit.quantize(model, "srq", 3, first_last_bits=None)
+    model(torch.randn(2, 1, 28, 28))  # alpha set from data
+    weights, _ = histogram_panels(model, None, 2)
+    assert [p.levels.tolist() for p in weights] == [list(range(-4, 4))] * 2
+    assert main(["plot", "lenet5", "--method", "srq", "--bits", "3", "--layers", "2",
+                 "-o", str(tmp_path)]) == 0
+    assert _is_png(tmp_path / "weights.png")

@@ -14,7 +14,8 @@ from lowbit.export.grids import quantizer_grid
 from lowbit.nn.calibrate import calibrate
 from lowbit.quant.registry import available_methods, get_method, methods_with
 
-EXPORTING = ["apot", "lsq", "maxscale", "pot", "uniform", "uniq"]
+EXPORTING = ["apot", "coquant", "dorefa", "lsq", "maxscale", "pact", "pot", "rq", "srq",
+             "srq-dropbits", "uniform", "uniq"]
 SWITCHABLE = ["coquant", "dorefa", "pact"]
 
 
@@ -77,5 +78,5 @@ def test_a_hand_built_quantizer_is_described_by_its_class():
     step = lowbit.get_method("lsq").weight_quantizer(4)
     step(torch.randn(3, 5))
     assert quantizer_grid(step).spec["levels"] == "integer"
-    with pytest.raises(LowbitError, match=r"SRQQuantizer \(not built by lowbit.quantize\)"):
-        quantizer_grid(lowbit.get_method("srq").weight_quantizer(4))
+    with pytest.raises(LowbitError, match=r"Identity \(not built by lowbit.quantize\)"):
+        quantizer_grid(nn.Identity())

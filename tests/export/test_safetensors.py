@@ -1,4 +1,5 @@
-"""The safetensors writer and reader (lowbit.export.safetensors), checked byte for byte."""
+"""Exports are written with the ``safetensors`` package and read back by the deploy runtime,
+including files of lowbit's earlier hand-written writer (the same format)."""
 
 from __future__ import annotations
 
@@ -7,51 +8,51 @@ import struct
 
 import pytest
 import torch
+from safetensors import safe_open
 
 from lowbit.errors import LowbitError
-from lowbit.export.safetensors import read_safetensors, write_safetensors
+from lowbit.export import export_model
+from lowbit.export.runtime import read_tensors
 
 
-def test_round_trip_of_every_dtype(tmp_path):
-    tensors = {
-        "f32": torch.randn(3, 4),
-        "f64": torch.randn(2, dtype=torch.float64),
-        "bf16": torch.randn(5).to(torch.bfloat16),
-        "i64": torch.tensor([-1, 2**40]),
-        "u8": torch.arange(7, dtype=torch.uint8),
-        "empty": torch.empty(0, 3),
-        "scalar": torch.tensor(2.5),
-    }
-    write_safetensors(tmp_path / "t.safetensors", tensors, {"format": "test"})
-    loaded, metadata = read_safetensors(tmp_path / "t.safetensors")
-    assert metadata == {"format": "test"} and list(loaded) == list(tensors)
+def legacy_file(path, tensors: dict[str, torch.Tensor]) -> None:
+    """The layout lowbit's earlier writer produced, from the format's description
+    (huggingface.co/docs/safetensors): a little-endian u64 header length, the JSON header
+    padded with spaces to a multiple of 8, then the tensors' bytes in insertion order."""
+    header, blobs, offset = {"__metadata__": {"format": "lowbit-export"}}, [], 0
+    names = {torch.float32: "F32", torch.uint8: "U8"}
     for name, tensor in tensors.items():
-        assert loaded[name].dtype == tensor.dtype and torch.equal(loaded[name], tensor)
+        blob = tensor.contiguous().view(torch.uint8).numpy().tobytes()
+        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
 
 
-def test_layout_matches_the_format(tmp_path):
-    """8-byte little-endian header size, JSON header padded to 8, then the raw bytes."""
-    path = tmp_path / "t.safetensors"
-    tensors = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([3], dtype=torch.int8)}
-    write_safetensors(path, tensors)
-    data = path.read_bytes()
-    (length,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + length])
-    assert length % 8 == 0
-    assert header["a"] == {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}
-    assert header["b"] == {"dtype": "I8", "shape": [1], "data_offsets": [8, 9]}
-    assert data[8 + length :] == struct.pack("<2f", 1.0, 2.0) + b"\x03"
+def test_files_of_the_earlier_writer_still_load(tmp_path):
+    # Odd sizes first, so that the float32 tensor after them starts unaligned.
+    tensors = {"codes": torch.arange(7, dtype=torch.uint8), "scales": torch.randn(3),
+               "floats": torch.randn(2, 5)}
+    legacy_file(tmp_path / "model.safetensors", tensors)
+    loaded = read_tensors(tmp_path / "model.safetensors")
+    assert set(loaded) == set(tensors)
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in tensors.items())
 
 
-def test_the_safetensors_package_reads_our_files(tmp_path):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
-    tensors = {"w": torch.randn(4, 3), "codes": torch.arange(9, dtype=torch.uint8)}
-    write_safetensors(tmp_path / "t.safetensors", tensors)
-    loaded = safetensors_torch.load_file(str(tmp_path / "t.safetensors"))
-    assert all(torch.equal(loaded[k], v) for k, v in tensors.items())
+def test_an_export_is_a_safetensors_file_with_its_format(tmp_path, trained_like):
+    model, _ = trained_like("apot", 4)
+    export_model(model, tmp_path / "out")
+    with safe_open(str(tmp_path / "out" / "model.safetensors"), "pt") as f:
+        assert f.metadata() == {"format": "lowbit-export"}
+        assert f.get_tensor("codes").dtype == torch.uint8
+        assert f.get_tensor("scales").dtype == torch.float32
 
 
-def test_not_a_safetensors_file(tmp_path):
-    (tmp_path / "bad").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00{oops")
-    with pytest.raises(LowbitError, match="not a safetensors file"):
-        read_safetensors(tmp_path / "bad")
+@pytest.mark.parametrize("content", [b"\x05\x00\x00\x00\x00\x00\x00\x00{oops", b"xx"])
+def test_not_a_safetensors_file(tmp_path, content):
+    (tmp_path / "bad").write_bytes(content)
+    with pytest.raises(LowbitError, match="not a readable safetensors file"):
+        read_tensors(tmp_path / "bad")

@@ -34,6 +34,8 @@ INPUT_SHAPES = {
     "resnet18": IMAGENET_SMALL,
     "resnet34": IMAGENET_SMALL,
     "resnet50": IMAGENET_SMALL,
+    "preact_resnet18": IMAGENET_SMALL,
+    "preact_resnet34": IMAGENET_SMALL,
 }
 
 
@@ -116,6 +118,9 @@ def test_resnet20_default_shortcut_is_conv_with_apot_size():
         ("lenet5", 582_026),
         # SRQ App. F: six 3x3 convs 4,574,592 + BN 3,584 + 8192*1024+1024 + 1024*10+10.
         ("vgg7", 12_978_058),
+        # PytorchCV's preresnet18/34 (UniQ's float starts), as its own tests count them.
+        ("preact_resnet18", 11_687_848),
+        ("preact_resnet34", 21_796_008),
     ],
 )
 def test_parameter_counts(name, expected):

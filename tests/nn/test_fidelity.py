@@ -33,8 +33,8 @@ OWN_BOUNDS = {
     ("coquant", "mobilenetv2"): 0.25, ("coquant", "convmix"): 0.15,
     # APoT Eq. 9 subtracts the layer's mean weight: small layers (a few hundred weights, as
     # MobileNetV2's depthwise convs) lose mean(W) * sum(x) of their output.
-    ("apot", "convmix"): 0.25, ("uniform", "convmix"): 0.25,
-    ("apot", "mobilenetv2"): 0.1, ("uniform", "mobilenetv2"): 0.1,
+    ("apot", "convmix"): 0.25, ("uniform", "convmix"): 0.25, ("lloyd", "convmix"): 0.25,
+    ("apot", "mobilenetv2"): 0.1, ("uniform", "mobilenetv2"): 0.1, ("lloyd", "mobilenetv2"): 0.1,
     # PACT starts every clipping level at alpha = 8 (CoQuant Table 2, AdaBits): a signed input
     # of a linear bottleneck, a few tenths in size, sees steps of 8/127.
     ("pact", "mobilenetv2"): 0.1, ("pact", "convmix"): 0.1,

@@ -192,3 +192,11 @@ def test_outputs_lie_in_alpha_levels_and_requantizing_changes_nothing(
     torch.testing.assert_close(
         rcf_quantize(once, a, levels, signed=signed), once, rtol=1e-12, atol=1e-12
     )
+
+
+def test_unknown_alpha_gradient_or_clipping_is_one_error():
+    levels = lowbit.levels("apot", 4, True)
+    with pytest.raises(LowbitError, match="unknown alpha gradient 'eq12'; use one of: rcf, pact"):
+        rcf_quantize(torch.ones(3), torch.tensor(1.0), levels, alpha_gradient="eq12")
+    with pytest.raises(LowbitError, match="unknown clipping 'learned'"):
+        RCFQuantizer("apot", 4, True, 3.0, clipping="learned")

@@ -81,6 +81,16 @@ def test_rcf_quantize(device, projection, level_set, bits, signed, clip_input_gr
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("signed", [False, True])
+def test_rcf_quantize_with_pact_gradient(device, signed):
+    """APoT Eq. 11's alpha gradient (``alpha_gradient="pact"``), on the search projection
+    that arbitrary (Lloyd) levels take."""
+    x, _ = tensors(device)
+    levels = lowbit.levels("apot", 4, signed).float().to(device)
+    opcheck(rcf_op, (x, scalar(1.3, device), levels, None, signed, False, True, "pact"))
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("bounds", ["scalar", "upper only", "per channel"])
 @pytest.mark.parametrize("closed", [True, False])
 @pytest.mark.parametrize("scale_gradient", ["rounding", "upper", "bounds", None])

@@ -103,6 +103,21 @@ def rcf(
     ``clamp(max=1)``): a negative value projects to the zero level.
     """
     levels, top = unnormalized_levels(level_set, bits, signed)
+    return rcf_on_levels(x, alpha, levels, top, signed, clip_input_gradient)
+
+
+def rcf_on_levels(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    levels: torch.Tensor,
+    top: float,
+    signed: bool,
+    clip_input_gradient: bool = True,
+) -> torch.Tensor:
+    """``rcf`` on the sorted set ``levels / top`` (any set in [-1, 1], Lloyd's too). The
+    surrogate's alpha gradient is Eq. 13a's ``Pi(clip(W / alpha))`` plus the clip's term:
+    ``Pi(W/alpha) - W/alpha`` inside and ``Pi(sign(W))`` beyond, which is Eq. 8's ``sign(W)``
+    when the set reaches +-1 (Eq. 13b-c)."""
     levels = levels.to(x.dtype)
     scale = alpha.detach() / top  # levels * scale = alpha * S / M, compared with x directly
     clipped = x.detach().clamp(max=alpha.detach())
@@ -177,3 +192,43 @@ def maxscale_margin(w: torch.Tensor, bits: int) -> torch.Tensor:
     w = w.detach().double()
     code = w / w.max() * n
     return (code - torch.floor(code) - 0.5).abs().reshape(-1)
+
+
+def pact_clip(
+    x: torch.Tensor,
+    alpha: torch.Tensor,
+    level_set: str,
+    bits: int,
+    signed: bool,
+    clip_input_gradient: bool = True,
+) -> torch.Tensor:
+    """Eq. 7's forward with PACT's gradients (App. A.1): STE on the projection (Eq. 10), so
+
+    Eq. 11: ``dW_hat/dalpha = sign(W)`` if ``|W| > alpha``, ``0`` if ``|W| <= alpha``
+
+    (unsigned data: 1 above alpha, 0 below it). ``x`` gets the same straight-through
+    gradient as in ``rcf``: zero outside the range, or the identity with
+    ``clip_input_gradient=False``."""
+    value = rcf(x.detach(), alpha.detach(), level_set, bits, signed)
+    u = x.detach() / alpha.detach()
+    outside = u.abs() > 1 if signed else u > 1
+    direction = torch.where(outside, torch.sign(u), torch.zeros_like(u))
+    through = x - x.detach()
+    if clip_input_gradient:
+        through = torch.where(outside, torch.zeros_like(through), through)
+    return value + direction * (alpha - alpha.detach()) + through
+
+
+def lloyd_cell_means(values: torch.Tensor, levels: torch.Tensor) -> torch.Tensor:
+    """The condition a Lloyd-Max quantizer meets (Lloyd's method I): every level is the mean
+    of the values nearest to it. Returns that mean per level (the level itself where no value
+    is nearest), float64; the set is a fixed point of Lloyd's algorithm when it equals
+    ``levels``."""
+    values, levels = values.double().reshape(-1), levels.double()
+    index = nearest_index(values, levels)
+    means = levels.clone()
+    for k in range(levels.numel()):
+        members = values[index == k]
+        if members.numel():
+            means[k] = members.mean()
+    return means

@@ -175,3 +175,41 @@ def hard_concrete_given_sample(logits: torch.Tensor, sampled: torch.Tensor) -> t
     noise = TAU0 * (torch.log(s) - torch.log1p(-s)) - logits.detach()
     recomputed = torch.sigmoid((noise + logits) / TAU0) * (ZETA - GAMMA) + GAMMA
     return torch.where(open_, recomputed.clamp(0, 1), z)
+
+
+def gumbel_multiclass_gradients(
+    x: torch.Tensor,
+    alpha: float,
+    sigma: float,
+    bits: int,
+    gumbel: torch.Tensor,
+    tau: float,
+    grad_out: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """App. E, "Gumbel-Softmax + multi-class STE", over the whole signed grid in float64:
+    ``(x_hat, dL/dx, dL/dalpha, dL/dsigma)`` for ``L = sum(grad_out * x_hat)``.
+
+    Forward: Eq. 2's concrete sample ``r_i = softmax((log pi_i + u_i) / tau)`` (``pi`` of
+    Eq. 1, ``u = gumbel``), made hard, ``y = one_hot(argmax_i r_i)`` and ``x_hat = sum_i y_i
+    g_i`` with ``g_i = alpha k_i`` (Eq. 3's forward). Backward, Eq. 3: ``dL/dr_m = dL/dy_m =
+    grad_out g_m`` for ``m = imax`` and ``dL/dr_i = 0`` otherwise; the softmax Jacobian of
+    Eq. 2 written out, ``dr_m / dlog pi_j = r_m ([j = m] - r_j) / tau``; ``log pi`` (Eq. 1)
+    differentiated by autograd; and ``x_hat = alpha k_m`` adds ``grad_out k_m`` to alpha."""
+    lo, hi = grid_integers(bits, True)
+    k = torch.arange(lo, hi + 1, dtype=F64)
+    x = x.detach().double().requires_grad_()
+    alpha_t = torch.tensor(alpha, dtype=F64, requires_grad=True)
+    sigma_t = torch.tensor(sigma, dtype=F64, requires_grad=True)
+    log_p = log_pi(x.unsqueeze(-1), k, alpha_t, sigma_t)  # Eq. 1
+    with torch.no_grad():
+        r = torch.softmax((log_p + gumbel.double()) / tau, dim=-1)  # Eq. 2
+        m = r.argmax(dim=-1)
+        r_m = r.gather(-1, m.unsqueeze(-1)).squeeze(-1)
+        k_m = k[m]
+        grad = grad_out.double()
+        upstream = (grad * alpha * k_m * r_m).unsqueeze(-1)  # dL/dr_m r_m
+        d_log_pi = upstream * (F.one_hot(m, k.numel()).to(F64) - r) / tau
+    grad_x, grad_alpha, grad_sigma = torch.autograd.grad(
+        log_p, (x, alpha_t, sigma_t), d_log_pi
+    )
+    return alpha * k_m, grad_x, grad_alpha + (grad * k_m).sum(), grad_sigma

@@ -4,6 +4,7 @@ import lowbit
 
 COVERED = {
     "apot", "pot", "uniform", "maxscale",  # test_reference_apot
+    "lloyd",  # test_reference_lloyd
     "uniq", "lsq",  # test_reference_uniform
     "pact", "dorefa", "coquant",  # test_reference_pact
     "rq", "srq", "srq-dropbits",  # test_reference_relaxed

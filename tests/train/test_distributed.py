@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 
 from lowbit.train.checkpoint import load_checkpoint
+from lowbit.train.metrics import read_metrics, step_records
 
 FAMILIES_WORKER = Path(__file__).with_name("ddp_families.py")
 # What training must move in each run of ddp_families.RUNS (suffixes of parameter names).
@@ -58,6 +59,9 @@ def test_torchrun_two_processes_train_identical_weights_into_one_run_dir(tmp_pat
     assert result.stdout.count("run directory:") == 1
     state = load_checkpoint(run_dir / "last.pt")["model"]
     assert all(torch.isfinite(t.float()).all() for t in state.values())
+    # Rank 0 alone samples the training dynamics: each sampled step once, in order.
+    steps = [r["step"] for r in step_records(read_metrics(run_dir)) if r["stage"] == "quant"]
+    assert steps and steps == sorted(set(steps))
 
 
 def test_state_digest_sees_a_single_flipped_bit():

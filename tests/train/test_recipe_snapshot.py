@@ -20,6 +20,15 @@ def _as_before(content: dict) -> dict:
     return {**content, "data": {**content.get("data", {}), **NO_VALIDATION["data"]}}
 
 
+def _without_reproduction(content: dict) -> dict:
+    """A paper entry's ``reproduction`` (an independent rerun's number, e.g. the APoT
+    reproducibility report's) was added to some rows later; it changes no setting."""
+    paper = content.get("paper")
+    if not isinstance(paper, dict) or "reproduction" not in paper:
+        return content
+    return {**content, "paper": {k: v for k, v in paper.items() if k != "reproduction"}}
+
+
 def test_every_name_is_still_packaged():
     assert len(BEFORE) == 117 and set(BEFORE) <= set(packaged())
 
@@ -33,7 +42,7 @@ def test_recipe_resolves_to_its_old_configuration(name, tmp_path):
         return
     old_file = tmp_path / "old.yaml"
     old_file.write_text(yaml.safe_dump(_as_before(old)))
-    assert resolve_config(name) == resolve_config(old_file)
+    assert _without_reproduction(resolve_config(name)) == resolve_config(old_file)
 
 
 RECIPES = sorted(name for name, old in BEFORE.items() if isinstance(old, dict))
@@ -42,9 +51,12 @@ RECIPES = sorted(name for name, old in BEFORE.items() if isinstance(old, dict))
 @pytest.mark.parametrize("name", RECIPES)
 def test_recipe_with_its_bases_sets_the_keys_it_set(name):
     """Key for key, not only after DEFAULTS: a later change to DEFAULTS moves old and new alike."""
-    assert read_yaml(find_recipe(name)) == _as_before(BEFORE[name])
+    assert _without_reproduction(read_yaml(find_recipe(name))) == _as_before(BEFORE[name])
 
 
 def test_the_recipe_files_shrank():
-    lines = sum(len(path.read_text().splitlines()) for path in RECIPE_DIR.glob("*.yaml"))
+    """The old rows and the shared bases (rows added since have files of their own)."""
+    old_rows = [RECIPE_DIR / f"{name}.yaml" for name in BEFORE]
+    files = [*old_rows, *RECIPE_DIR.glob("_*.yaml")]
+    lines = sum(len(path.read_text().splitlines()) for path in files)
     assert lines < 2600  # 4485 lines as copies; 2419 with the bases

@@ -22,6 +22,7 @@ from lowbit.train import progress as progress_module
 from lowbit.train import stage as stage_module
 from lowbit.train.checkpoint import load_checkpoint
 from lowbit.train.config import resolve_config
+from lowbit.train.metrics import epoch_records, read_metrics
 from lowbit.train.progress import Progress
 from lowbit.train.run import run_training
 
@@ -180,7 +181,7 @@ def test_a_run_failing_later_is_marked_failed(tmp_path, monkeypatch):
 
 
 def _metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return epoch_records(read_metrics(run_dir))
 
 
 def test_best_checkpoint_is_chosen_on_the_validation_split(tmp_path):

@@ -1,4 +1,5 @@
-"""The packaged RQ / SRQ / SRQ + DropBits recipes: the SRQ paper's Tables 1-3 and App. F."""
+"""The packaged RQ / SRQ / SRQ + DropBits recipes: the SRQ paper's Tables 1-3, 6 (App. E) and
+App. F."""
 
 import pytest
 from torch import nn
@@ -32,7 +33,21 @@ TABLE3 = {
     "resnet18-imagenet-4bit": (34.30, "4/3/3/3/3/3/3/3/3/3/3/3/3/3/3/4/4/3/4/4/4"),
     "resnet18-imagenet-3bit": (40.30, "3/3/2/3/2/3/3/3/3/3/3/3/2/3/3/3/3/3/3/3/3"),
 }
+# Table 3's other columns: "Test Error" (uniform bits, Table 3's settings) and "Test Error
+# (Fixed)" (the learned weight bits, fixed from the start).
+TABLE3_UNIFORM = {"lenet5-mnist-4bit": 0.53, "lenet5-mnist-3bit": 0.58, "lenet5-mnist-2bit": 0.63,
+                  "vgg7-cifar10-4bit": 6.77, "vgg7-cifar10-3bit": 6.82, "vgg7-cifar10-2bit": 7.49,
+                  "resnet18-imagenet-4bit": 33.20, "resnet18-imagenet-3bit": 37.80}
+TABLE3_FIXED = {"lenet5-mnist-4bit": 0.55, "lenet5-mnist-3bit": 0.65, "lenet5-mnist-2bit": 0.68,
+                "vgg7-cifar10-4bit": 6.74, "vgg7-cifar10-3bit": 6.81, "vgg7-cifar10-2bit": 7.43,
+                "resnet18-imagenet-4bit": 34.58, "resnet18-imagenet-3bit": 41.01}
+# App. E, Table 6: "Gumbel-Softmax + multi-class STE".
+TABLE6 = {"lenet5-mnist-4bit": 0.57, "lenet5-mnist-3bit": 0.65, "lenet5-mnist-2bit": 0.74,
+          "vgg7-cifar10-4bit": 8.25, "vgg7-cifar10-3bit": 8.44, "vgg7-cifar10-2bit": 10.41}
 EXPECTED = {
+    **{f"srq-dropbits-{row}-uniform": error for row, error in TABLE3_UNIFORM.items()},
+    **{f"srq-dropbits-{row}-fixed": error for row, error in TABLE3_FIXED.items()},
+    **{f"srq-gumbel-{row}": error for row, error in TABLE6.items()},
     **{f"{prefix}-{family}-{bits}bit": error
        for family, rows in TABLE1.items() for bits, errors in rows.items()
        for prefix, error in zip(PREFIXES, errors) if error is not None},
@@ -53,9 +68,11 @@ def test_every_table_row_has_a_recipe_with_the_papers_error():
         paper = config_of(name)["paper"]
         assert paper["top1_error"] == error, name
         assert paper["top1"] == pytest.approx(100 - error, abs=1e-9)
-        assert paper["table"] in ("Table 1", "Table 2", "Table 3") and paper["row"]
+        assert paper["table"] in ("Table 1", "Table 2", "Table 3", "Table 6 (App. E)")
+        assert paper["row"]
     for row, (_, bits) in TABLE3.items():
         assert config_of(f"srq-dropbits-{row}-learned")["paper"]["learned_bits"] == bits
+        assert config_of(f"srq-dropbits-{row}-fixed")["paper"]["weight_bits"] == bits
 
 
 def method_of(name):
@@ -75,10 +92,15 @@ def test_recipe_quantizes_every_layer_at_its_bits(name):
     names = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     quantize_from_config(model, config)
     layers = [model.get_submodule(n) for n in names]
-    assert all(layer.weight_quantizer.bits == config["bits"] for layer in layers)
+    # Table 3 "Fixed": each layer's weight bits in the paper's per-layer string ("T" ternary),
+    # activations at the initial bits; every other row: all at the row's bits.
+    per_layer = config["paper"].get("weight_bits", "/".join([str(config["bits"])] * len(names)))
+    assert "/".join(weight_bits_label(layer.weight_quantizer) for layer in layers) == per_layer
     assert all(layer.input_quantizer.bits == config["bits"] for layer in layers[1:])
     weights = layers[0].weight_quantizer
     assert getattr(weights, "anneal", False) == name.startswith("rq-anneal-")
+    assert getattr(weights, "sampling", "mode") == (
+        "gumbel" if name.startswith("srq-gumbel-") else "mode")
     masks = getattr(weights, "masks", None)
     assert (masks is not None) == name.startswith("srq-dropbits-")
     if masks is not None:
@@ -100,6 +122,24 @@ def test_small_data_schedules_follow_appendix_f():
         epochs = (149, 150, 250, 299)
         factor = [lr_factor(10 * epoch, 10, 300, cifar["schedule"]) for epoch in epochs]
         assert factor == pytest.approx([1.0, 0.1, 0.1, 0.1 * 0.9**49], rel=0.02)
+
+
+def weight_bits_label(quantizer):
+    return "T" if getattr(quantizer, "ternary", False) else str(quantizer.bits)
+
+
+def test_every_table3_column_uses_adamw_and_the_same_training():
+    """App. F: "All experiments in Table 3 and 5 were conducted by the use of AdamW" (weight
+    decay 0.02 for VGG-7, 0.01 otherwise); the uniform and fixed columns train as the learned
+    one (ImageNet: ten epochs from the float model), without the L0 regularizer."""
+    for row in TABLE3:
+        learned = config_of(f"srq-dropbits-{row}-learned")
+        for column in ("uniform", "fixed"):
+            config = config_of(f"srq-dropbits-{row}-{column}")
+            assert config["optimizer"] == learned["optimizer"]
+            assert (config["epochs"], config["schedule"], config["data"], config["init"]) == (
+                learned["epochs"], learned["schedule"], learned["data"], learned["init"])
+            assert config["weight_options"] == {"masks": "bitwise"}
 
 
 def test_learned_bit_widths_use_adamw_and_the_papers_lambda_range():
@@ -139,5 +179,15 @@ def test_imagenet_recipes_follow_appendix_f():
 def test_table1_sweep_has_every_cell(family):
     rows = load_spec(f"sweep-srq-table1-{family}")
     expected = {name for name in EXPECTED if f"-{family}-" in name and "imagenet" not in name
-                and not name.endswith("-learned")}
+                and not name.endswith(("-learned", "-uniform", "-fixed"))
+                and not name.startswith("srq-gumbel-")}
     assert {row.name for row in rows} == expected and all(row.init is None for row in rows)
+
+
+@pytest.mark.parametrize("family", ["lenet5", "vgg7"])
+def test_table3_sweep_has_every_column(family):
+    rows = load_spec(f"sweep-srq-table3-{family}")
+    expected = {name for name in EXPECTED if f"-{family}-" in name
+                and name.endswith(("-learned", "-uniform", "-fixed"))}
+    assert {row.name for row in rows} == expected and all(row.init is None for row in rows)
+

@@ -13,6 +13,7 @@ import lowbit.train.sweep as sweep
 from lowbit.errors import LowbitError
 from lowbit.train.config import resolve_config
 from lowbit.train.recipes import find_recipe
+from lowbit.train.run_config import RunConfig
 from lowbit.train.sweep import Row, format_table, load_spec, run_sweep
 
 FAST = ["device=cpu", "float_epochs=0", "epochs=1"]  # the embedded digits set, one epoch
@@ -59,7 +60,7 @@ def test_sweep_writes_table_beside_paper_and_resumes_without_rerunning(tmp_path,
     assert w4["delta"] == round(w4["top1"] - 50.0, 2)
     assert w3["paper_top1"] is None and w3["delta"] is None
     table = (tmp_path / "table.md").read_text()
-    assert "| w4 | small_cnn | digits | 4/4 | 50.0 | " in table
+    assert "| w4 | small_cnn | digits | 4/4 | 50.0 | - | " in table
     assert f"| {w4['top1']:.2f} | {w4['delta']:+.2f} | Test paper Table 9: small CNN, 4 bits |" in (
         table
     )
@@ -87,7 +88,7 @@ def test_failed_row_is_reported_and_retried_while_others_finish(tmp_path, traine
     assert "data directory" in records[0]["error"]
     assert "'missing-data', which did not finish" in records[1]["error"]
     table = (tmp_path / "sweep" / "table.md").read_text()
-    assert "| missing-data | small_cnn | cifar10 | 4/4 | - | failed | - |" in table
+    assert "| missing-data | small_cnn | cifar10 | 4/4 | - | - | failed | - |" in table
     assert "- missing-data: data directory" in table
     assert (tmp_path / "sweep" / "missing-data" / "error.log").is_file()
 
@@ -130,9 +131,21 @@ def test_spec_mistakes_are_one_line_errors(tmp_path, spec, message):
 def test_table_lists_pending_rows():
     record = {
         "name": "r", "status": "pending", "model": "resnet20", "data": "cifar10", "bits": "2/2",
-        "paper": None, "paper_top1": None, "top1": None, "delta": None, "error": None,
+        "paper": None, "paper_top1": None, "reproduction_top1": None, "top1": None,
+        "delta": None, "error": None,
     }
-    assert "| r | resnet20 | cifar10 | 2/2 | - | pending | - | - |" in format_table([record], "t")
+    table = format_table([record], "t")
+    assert "| r | resnet20 | cifar10 | 2/2 | - | - | pending | - | - |" in table
+
+
+def test_table_shows_a_reproductions_number_beside_the_papers(tmp_path):
+    """The APoT rows carry the reproducibility report's own result (its Table 1) as
+    ``paper.reproduction``: ResNet-20 CIFAR-10 4-bit, APoT 92.3, report 92.56."""
+    config = RunConfig.of(resolve_config(find_recipe("apot-resnet20-cifar10-4bit")))
+    record = sweep._record("r20", config, tmp_path / "r20")
+    assert (record["paper_top1"], record["reproduction_top1"]) == (92.3, 92.56)
+    assert "| r20 | resnet20 | cifar10 | 4/4 | 92.3 | 92.56 | pending | - |" in format_table(
+        [record], "t")
 
 
 def test_bits_label_of_an_adaptive_network_lists_its_bit_widths():

@@ -30,6 +30,9 @@ PAPER_TOP1 = {
         ("adam-warmup10", 62.1),
     )},
     **{f"uniq-{model}-imagenet-{b}bit": t for model, row in (
+        ("preactresnet18", (71.5, 70.5, 67.8, 60.5)),
+        ("preactresnet34", (75.0, 74.2, 72.1, 65.8)),
+        # Post-activation variants (torchvision's ResNets) carry the same rows' numbers.
         ("resnet18", (71.5, 70.5, 67.8, 60.5)),
         ("resnet34", (75.0, 74.2, 72.1, 65.8)),
         ("mobilenetv2", (68.2, 65.0, 50.5, 23.2)),
@@ -101,7 +104,7 @@ def test_recipe_is_valid_and_follows_section_5(name):
         assert layers[-1].input_quantizer.bits == 8
         assert config["optimizer"]["name"] == "sgd" and config["optimizer"]["lr"] == 0.01
     # Kernel-wise weights only for the ImageNet ResNets (§5.1, §5.2).
-    kernel_wise = imagenet and config["model"]["name"].startswith("resnet")
+    kernel_wise = imagenet and config["model"]["name"].startswith(("resnet", "preact_resnet"))
     if config["method"] == "uniq":
         assert inner.per_channel == kernel_wise
     if imagenet:
@@ -118,7 +121,7 @@ def test_binary_recipes_match_table6_columns():
         assert (config["optimizer"]["name"], config["optimizer"]["lr"]) == (optimizer, lr)
         assert config["schedule"]["warmup_epochs"] == warmup
         assert config["schedule"]["warmup_lr"] == (0.001 if warmup else None)
-    for model in ("resnet18", "resnet34", "mobilenetv2"):
+    for model in ("preactresnet18", "preactresnet34", "resnet18", "resnet34", "mobilenetv2"):
         schedule = config_of(f"uniq-{model}-imagenet-1bit")["schedule"]
         assert (schedule["warmup_epochs"], schedule["warmup_lr"]) == (5, 0.001)
 
@@ -145,3 +148,19 @@ def test_table4_sweep_starts_multibit_from_float_and_binary_from_2bit(tmp_path):
         assert row.init == expected, name
         if expected:
             assert pathlib.Path(configs[name].init).parent == tmp_path / expected
+
+
+@pytest.mark.parametrize("depth", [18, 34])
+def test_imagenet_resnets_are_the_papers_preactivation_ones(depth):
+    """§5.1: "For ResNets, we use the pre-activation version", from PytorchCV's float models;
+    the post-activation rows are variants of them on torchvision's ResNets."""
+    for bits in (4, 3, 2, 1):
+        paper_row = config_of(f"uniq-preactresnet{depth}-imagenet-{bits}bit")
+        variant = config_of(f"uniq-resnet{depth}-imagenet-{bits}bit")
+        assert paper_row["model"]["name"] == f"preact_resnet{depth}"
+        assert variant["model"]["name"] == f"resnet{depth}"
+        multibit = {"model": None, "init": None}
+        assert {**paper_row, **multibit} == {**variant, **multibit}
+        assert paper_row["init"] == (f"preact_resnet{depth}-pytorchcv.pt" if bits > 1 else None)
+        assert variant["init"] == (f"resnet{depth}-torchvision.pt" if bits > 1 else None)
+

@@ -101,12 +101,13 @@ def make_adaptive(
     weight_options: Mapping[str, Any] | None = None,
     input_options: Mapping[str, Any] | None = None,
     float_downsample: bool = False,
+    quantize_inputs: bool = True,
 ) -> nn.Module:
     """Quantize ``model`` in place so that it runs at every bit-width in ``bit_widths``.
 
     The first and last layers stay at ``first_last_bits`` (``None``: float) and layers named in
-    ``overrides`` (as in ``quantize``, like ``float_downsample``) keep what they are given; all
-    other layers switch. Every
+    ``overrides`` (as in ``quantize``, like ``float_downsample`` and ``quantize_inputs``) keep
+    what they are given; all other layers switch. Every
     BatchNorm becomes a ``SwitchableBatchNorm``. The model is left at the highest bit-width and
     gets a ``set_bits(b)`` method (``lowbit.adaptive.set_bits`` bound to it).
     """
@@ -138,6 +139,7 @@ def make_adaptive(
         weight_options={**weight_options, "bit_widths": widths},
         input_options={**input_options, "bit_widths": widths},
         float_downsample=float_downsample,
+        quantize_inputs=quantize_inputs,
     )
     norms = [(name, m) for name, m in model.named_modules() if isinstance(m, BATCH_NORMS)]
     for name, norm in norms:

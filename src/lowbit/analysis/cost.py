@@ -4,8 +4,12 @@ The conventions reproduce APoT Table 1 (derivation and the rows that do not repr
 ``docs/fixops.md``):
 
 * **Size**: every floating-point tensor of the state dict at its own width (32 bits for
-  float32), except the weights of quantized layers, which take their bit-width. Integer
-  buffers (BatchNorm's ``num_batches_tracked``) are training counters and do not count.
+  float32), except the weights of quantized layers, which take the bits of their codes
+  (``stored_weight_bits``: what ``lowbit export`` stores, which can differ from the nominal
+  bit-width once the weights are trained). Integer
+  buffers (BatchNorm's ``num_batches_tracked``) are training counters and do not count, nor
+  do the codebooks of ``FLOAT_LEVELS`` quantizers (APoT Table 3 gives its Lloyd rows the size
+  of the APoT rows, 7.22 and 4.56 MB: codes counted, 2**b levels per quantizer not).
   ``size_mb`` is in units of 2**20 bytes, as Table 1's "MB".
 * **MACs**: multiply-accumulates of every ``nn.Conv2d`` / ``nn.Linear`` call (others, e.g.
   BatchNorm or pooling, are not priced, as in Table 1).
@@ -14,9 +18,10 @@ The conventions reproduce APoT Table 1 (derivation and the rows that do not repr
   operation, times ``COST_FACTOR`` of its weight levels (APoT's shift-add weights: 3/4 of a
   uniform multiply of the same width, the ratio Table 1 prices them at). A layer with a float
   weight or a float input (the first layer reads the image) costs 1 per operation (a float
-  model's "FixOPs" are its FLOPs). Operations are MACs for convolutions and
-  ``(2 * in_features - 1) * out_features`` (multiplies and adds) for linear layers, the count
-  Table 1 was made with.
+  model's "FixOPs" are its FLOPs), and so does one whose weight levels are arbitrary floats
+  (``FLOAT_LEVELS``: Lloyd's, which APoT Table 3 prices at the float model's 1.81G).
+  Operations are MACs for convolutions and ``(2 * in_features - 1) * out_features``
+  (multiplies and adds) for linear layers, the count Table 1 was made with.
 * **BitOPs**: MACs times ``w_bits * a_bits``, float operands counted as 32 bits.
 """
 
@@ -30,6 +35,7 @@ import torch
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.export.grids import code_bits, has_grid, quantizer_grid
 from lowbit.nn.layers import QUANTIZED_TYPES
 
 # Layers priced by their multiply-accumulates: every convolution and linear layer.
@@ -40,14 +46,17 @@ MB = 2**20  # APoT Table 1's "MB" (derived in docs/fixops.md)
 # Price of one multiply relative to a uniform one of the same bit-widths (APoT Table 1 and
 # Table 3: APoT 616M vs uniform 781M for ResNet-18 at 5 bits; PoT 582M).
 COST_FACTOR = {"uniform": 1.0, "apot": 0.75, "pot": 0.70}
+# Weight levels that are arbitrary floats (a codebook), whose multiplies are float multiplies.
+FLOAT_LEVELS = frozenset({"lloyd"})
 
 
 @dataclass(frozen=True)
 class LayerCost:
     """One ``nn.Conv2d`` / ``nn.Linear``: what it holds and what one sample costs.
 
-    ``weight_bits`` / ``input_bits`` are ``None`` for float; ``levels`` names the weight
-    level family (``uniform``, ``apot``, ``pot``).
+    ``weight_bits`` (the bits of the stored codes, ``stored_weight_bits``) / ``input_bits``
+    are ``None`` for float; ``levels`` names the weight level family (``uniform``, ``apot``,
+    ``pot``).
     """
 
     name: str
@@ -103,6 +112,21 @@ def quantizer_bits(quantizer: nn.Module | None) -> int | None:
     return quantizer.bits
 
 
+def stored_weight_bits(quantizer: nn.Module | None, weight: torch.Tensor) -> int | None:
+    """Bits of one weight code as ``lowbit export`` stores it: the code width of the
+    quantizer's grid (``lowbit.export.grids.code_bits``) once the weight holds values and the
+    quantizer its scale, else the quantizer's nominal ``bits`` (a zoo model on the meta device,
+    as the paper tables are priced). The two differ where the grid depends on the trained
+    values: the APoT authors' ``maxscale`` rule (steps of max(W), not max|W|, nothing clipped)
+    gives a weight below -max(W) a code beyond -127, so their official ResNet-20's 8-bit first
+    layer has codes -152..127 and stores 9 bits; DropBits' learned bit-widths store fewer."""
+    bits = quantizer_bits(quantizer)
+    ready = getattr(quantizer, "initialized", True)
+    if bits is None or weight.is_meta or not ready or not has_grid(quantizer):
+        return bits
+    return code_bits(quantizer_grid(quantizer, weight.detach()).spec)
+
+
 def weight_levels(quantizer: nn.Module | None) -> str:
     """Level family of a weight quantizer: RCF quantizers name theirs, the rest are uniform."""
     return getattr(quantizer, "level_set", "uniform")
@@ -110,7 +134,7 @@ def weight_levels(quantizer: nn.Module | None) -> str:
 
 def cost_per_op(weight_bits: int | None, input_bits: int | None, levels: str) -> float:
     """FixOPs of one operation (APoT §4.1; see the module docstring)."""
-    if weight_bits is None or input_bits is None:
+    if weight_bits is None or input_bits is None or levels in FLOAT_LEVELS:
         return 1.0
     return weight_bits * input_bits / 64 * COST_FACTOR.get(levels, 1.0)
 
@@ -181,7 +205,7 @@ def model_cost(model: nn.Module, sample: torch.Tensor) -> ModelCost:
         if not isinstance(module, PRICED):
             continue
         weight_quantizer = getattr(module, "weight_quantizer", None)
-        w_bits = quantizer_bits(weight_quantizer)
+        w_bits = stored_weight_bits(weight_quantizer, module.weight)
         a_bits = quantizer_bits(getattr(module, "input_quantizer", None))
         levels = weight_levels(weight_quantizer)
         macs, ops = counted.get(name, (0, 0))
@@ -204,10 +228,14 @@ def model_cost(model: nn.Module, sample: torch.Tensor) -> ModelCost:
             )
         )
     layer_weights = {_prefixed(layer.name, "weight") for layer in layers}
+    codebooks = {
+        _prefixed(name, "levels") for name, module in model.named_modules()
+        if getattr(module, "level_set", None) in FLOAT_LEVELS
+    }
     other_bytes = sum(
         tensor.numel() * tensor.element_size()
         for key, tensor in model.state_dict().items()
-        if tensor.is_floating_point() and key not in layer_weights
+        if tensor.is_floating_point() and key not in layer_weights | codebooks
     )
     return ModelCost(
         layers=layers,

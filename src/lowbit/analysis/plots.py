@@ -1,6 +1,8 @@
-"""PNG figures: weight and activation histograms with the quantization levels drawn (APoT
-Fig. 2, UniQ Fig. 3), clipping ratio against alpha (APoT Fig. 4a), and top-1 against
-bit-width over a sweep directory.
+"""PNG figures of a model: weight and activation histograms with the quantization levels drawn
+(APoT Fig. 2, UniQ Fig. 3, SRQ Fig. 2; any method whose quantizers report their grid, no
+integer export needed), clipping ratio against alpha (APoT Fig. 4a); top-1 against bit-width
+over a sweep directory; SRQ Fig. 8's gradient bias. A run's learning curves and training
+dynamics are drawn by ``lowbit.analysis.run_plots``.
 
 matplotlib is an optional extra (``pip install 'lowbit[plot]'``), imported only when a figure
 is drawn. The data behind each figure comes from plain functions (``histogram_panels``,
@@ -13,15 +15,19 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from lowbit.analysis.error import clipping_ratio
 from lowbit.errors import LowbitError
-from lowbit.export.codes import broadcast_scale
-from lowbit.export.grids import grid_levels, quantizer_grid, quantizer_input
+from lowbit.export.grids import quantizer_input
 from lowbit.export.writer import quantized_layers
+from lowbit.quant.hooks import GridReporter, GridView
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 MAX_PANELS = 6
 CURVE_POINTS = 200
@@ -36,7 +42,7 @@ class Panel:
     levels: torch.Tensor
 
 
-def _pyplot():
+def pyplot():
     try:
         import matplotlib
     except ImportError:
@@ -48,9 +54,15 @@ def _pyplot():
 
 
 def chosen_layers(model: nn.Module, count: int = MAX_PANELS) -> list[tuple[str, nn.Module]]:
-    """Up to ``count`` quantized layers at the model's most common weight bit-width, spread
-    evenly from first to last (8-bit first / last layers would hide the levels)."""
-    layers = [(n, m) for n, m in quantized_layers(model) if m.weight_quantizer is not None]
+    """Up to ``count`` quantized layers at the model's most common weight bit-width whose
+    weight quantizer reports its grid (``lowbit.quant.hooks.GridReporter``), spread evenly
+    from first to last (8-bit first / last layers would hide the levels)."""
+    layers = [
+        (n, m) for n, m in quantized_layers(model)
+        if isinstance(m.weight_quantizer, GridReporter)
+    ]
+    if not layers:
+        raise LowbitError("no quantized layer of this model reports its grid; nothing to plot")
     common = Counter(m.weight_quantizer.bits for _, m in layers).most_common(1)[0][0]
     layers = [(n, m) for n, m in layers if m.weight_quantizer.bits == common]
     if len(layers) <= count:
@@ -59,23 +71,29 @@ def chosen_layers(model: nn.Module, count: int = MAX_PANELS) -> list[tuple[str, 
     return [layers[round(i * step)] for i in range(count)]
 
 
+def _panel(title: str, view: GridView | None) -> Panel | None:
+    if view is None:
+        return None
+    return Panel(title, view.units.detach().reshape(-1).float(), view.levels.detach().double())
+
+
 @torch.no_grad()
 def histogram_panels(
     model: nn.Module, sample: torch.Tensor | None = None, count: int = MAX_PANELS
 ) -> tuple[list[Panel], list[Panel]]:
     """``(weight panels, activation panels)`` of ``chosen_layers``: what each quantizer sees
-    divided by its scale (per channel when kernel-wise), and its unscaled levels. Activation
-    panels need a ``sample`` batch (inputs of each layer's input quantizer; zeros left out)."""
+    in units of its grid (``GridReporter.grid_view``: divided by its scale, per channel when
+    kernel-wise) and its levels, for every method whose quantizers report a grid (SRQ Fig. 2,
+    UniQ Fig. 3, APoT Fig. 2). Activation panels need a ``sample`` batch (inputs of each
+    layer's input quantizer; zeros left out)."""
     layers = chosen_layers(model, count)
     weights = []
     for name, layer in layers:
         quantizer = layer.weight_quantizer
-        weight = layer.weight.detach().float()
-        grid = quantizer_grid(quantizer, weight)
-        scale = broadcast_scale(grid.scale, weight.dim())
-        values = quantizer_input(quantizer, weight) / scale
-        weights.append(Panel(f"{name} ({quantizer.bits}-bit)", values.reshape(-1),
-                             grid_levels(grid.spec)))
+        weight = layer.quantizer_layout(layer.weight).detach().float()
+        panel = _panel(f"{name} ({quantizer.bits}-bit)", quantizer.grid_view(weight))
+        if panel is not None:
+            weights.append(panel)
     activations: list[Panel] = []
     if sample is None:
         return weights, activations
@@ -85,7 +103,7 @@ def histogram_panels(
             lambda module, args, name=name: seen.setdefault(name, args[0].detach())
         )
         for name, layer in layers
-        if layer.input_quantizer is not None
+        if isinstance(layer.input_quantizer, GridReporter)
     ]
     was_training = model.training
     try:
@@ -96,11 +114,12 @@ def histogram_panels(
             hook.remove()
     for name, layer in layers:
         if name in seen:
-            grid = quantizer_grid(layer.input_quantizer)
-            values = (seen[name] / grid.scale).reshape(-1).float()
-            # ReLU's exact zeros sit on the zero level and would dwarf the rest of the density
-            activations.append(Panel(f"{name} input ({layer.input_quantizer.bits}-bit), nonzero",
-                                     values[values != 0], grid_levels(grid.spec)))
+            quantizer = layer.input_quantizer
+            title = f"{name} input ({quantizer.bits}-bit), nonzero"
+            panel = _panel(title, quantizer.grid_view(seen[name].float()))
+            if panel is not None:
+                # ReLU's exact zeros sit on the zero level and would dwarf the rest
+                activations.append(Panel(title, panel.values[panel.values != 0], panel.levels))
     return weights, activations
 
 
@@ -148,7 +167,7 @@ def sweep_points(sweep_dir: str | Path) -> dict[str, list[tuple[int, float]]]:
     return {label: sorted(values) for label, values in sorted(points.items())}
 
 
-def _grid(plt, panels: int, width: float = 4.2, height: float = 3.2):
+def panel_grid(plt, panels: int, width: float = 4.2, height: float = 3.2):
     columns = min(3, panels)
     rows = -(-panels // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(width * columns, height * rows),
@@ -158,21 +177,23 @@ def _grid(plt, panels: int, width: float = 4.2, height: float = 3.2):
     return figure, list(axes.flat)
 
 
-def _save(plt, figure, path: Path) -> Path:
+def save_figure(plt, figure: Figure, path: str | Path) -> Figure:
+    """Write ``figure`` to ``path`` (PNG) and close it; returns it (its axes stay readable)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.tight_layout()
     figure.savefig(path, dpi=110)
     plt.close(figure)
-    return path
+    return figure
 
 
-def plot_histograms(panels: list[Panel], path: str | Path, what: str) -> Path:
+def plot_histograms(panels: list[Panel], path: str | Path, what: str) -> Figure:
     """Histograms of ``panels`` (density), each level a vertical line (APoT Fig. 2, UniQ
     Fig. 3); ``what`` names the values on the x axis (e.g. "weight")."""
     if not panels:
         raise LowbitError(f"no quantized {what}s to plot")
-    plt = _pyplot()
-    figure, axes = _grid(plt, len(panels))
+    plt = pyplot()
+    figure, axes = panel_grid(plt, len(panels))
     for ax, panel in zip(axes, panels):
         levels = panel.levels.float()
         span = float(levels[-1] - levels[0])
@@ -191,15 +212,15 @@ def plot_histograms(panels: list[Panel], path: str | Path, what: str) -> Path:
         ax.set_xlabel(f"{what} / scale (alpha or step)")
         ax.set_ylabel("density")
         ax.legend(fontsize=8, loc="upper right")
-    return _save(plt, figure, Path(path))
+    return save_figure(plt, figure, path)
 
 
-def plot_clipping(curves, path: str | Path) -> Path:
+def plot_clipping(curves, path: str | Path) -> Figure:
     """Clipping ratio against alpha (APoT Fig. 4a), one panel per layer."""
     if not curves:
         raise LowbitError("no quantized layers to plot clipping ratios for")
-    plt = _pyplot()
-    figure, axes = _grid(plt, len(curves))
+    plt = pyplot()
+    figure, axes = panel_grid(plt, len(curves))
     for ax, (name, series) in zip(axes, curves):
         for label, (alphas, ratio) in series.items():
             ax.plot(alphas.numpy(), ratio.numpy(), label=label)
@@ -208,13 +229,13 @@ def plot_clipping(curves, path: str | Path) -> Path:
         ax.set_ylabel("clipping ratio")
         ax.set_ylim(-0.02, 1.02)
         ax.legend(fontsize=8)
-    return _save(plt, figure, Path(path))
+    return save_figure(plt, figure, path)
 
 
-def plot_sweep(points: dict[str, list[tuple[int, float]]], path: str | Path) -> Path:
+def plot_sweep(points: dict[str, list[tuple[int, float]]], path: str | Path) -> Figure:
     """Top-1 against bit-width, one line per model and method; float results as dashed
     horizontal lines."""
-    plt = _pyplot()
+    plt = pyplot()
     figure, ax = plt.subplots(figsize=(6.4, 4.4))
     bits_seen = sorted({b for values in points.values() for b, _ in values if b < 32})
     for label, values in points.items():
@@ -232,4 +253,39 @@ def plot_sweep(points: dict[str, list[tuple[int, float]]], path: str | Path) -> 
     ax.set_title("accuracy vs bit-width")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(plt, figure, Path(path))
+    return save_figure(plt, figure, path)
+
+
+def plot_gradient_bias(points, path: str | Path) -> Figure:
+    """SRQ Fig. 8 (``lowbit.analysis.gradient_bias``): (a) SRQ vs SRQ + DropBits, (b) SRQ +
+    DropBits vs RQ, the bias of each estimator's x gradient against x."""
+    plt = pyplot()
+    figure, axes = plt.subplots(1, 2, figsize=(9.6, 3.6))
+    pairs = (("SRQ", "SRQ+DropBits"), ("SRQ+DropBits", "RQ"))
+    for ax, pair, letter in zip(axes, pairs, "ab"):
+        for method in pair:
+            mine = sorted((p.x, p.bias) for p in points if p.method == method)
+            ax.plot([x for x, _ in mine], [b for _, b in mine], label=method)
+        ax.axhline(0, color="gray", linewidth=0.8)
+        ax.set_title(f"({letter}) {pair[0]} vs. {pair[1]}", fontsize=10)
+        ax.set_xlabel("the location of x (units of alpha)")
+        ax.set_ylabel("gradient bias E[dL/dx] - exact")
+        ax.legend(fontsize=8)
+    return save_figure(plt, figure, path)
+
+
+def write_model_figures(
+    model: nn.Module, sample: torch.Tensor, out: str | Path, count: int = MAX_PANELS
+) -> list[Path]:
+    """``weights.png``, ``activations.png`` (when the inputs are quantized) and
+    ``clipping.png`` of ``model`` in ``out``, ``sample`` feeding the activations; returns
+    their paths."""
+    out = Path(out)
+    weights, activations = histogram_panels(model, sample, count)
+    plot_histograms(weights, out / "weights.png", "weight")
+    plot_clipping(clipping_curves(model, count), out / "clipping.png")
+    written = [out / "weights.png", out / "clipping.png"]
+    if activations:
+        plot_histograms(activations, out / "activations.png", "activation")
+        written.append(out / "activations.png")
+    return written

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import math
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +115,56 @@ def sample_input(model: nn.Module, info: dict[str, Any], image_size: int | None 
     side = image_size or info["image_size"]
     device = next(model.parameters()).device
     return torch.zeros(batch, info["in_channels"], side, side, device=device)
+
+
+def deploy_sizes(model: nn.Module, sample: torch.Tensor, info: dict[str, Any]) -> dict[str, Any]:
+    """Bytes of the two deployments of a trained, quantized ``model`` (``info`` from
+    ``load_model``): ``export_bytes``, what ``lowbit export`` writes (``export_size``: codes
+    packed to their bits, computed in memory), and ``onnx_bytes``, the integer ONNX graph
+    (``export_onnx``: 8-bit codes, 4-bit indices for grids of up to 16 levels; the graph only
+    exists once the exporter has written it, so it is written to a temporary directory and
+    measured; ``lowbit export --onnx`` adds the run's config as metadata, a few KB), with
+    ``onnx_float_layers`` ({layer: why}), the layers the ONNX graph computes in float. A size
+    that cannot be had is ``None`` and ``export_note`` / ``onnx_note`` say why (a network of
+    several bit-widths, no onnx package, a grid ONNX cannot round onto)."""
+    from lowbit.export.bit_width import single_bit_width
+    from lowbit.export.onnx import export_onnx, read_metadata
+    from lowbit.export.writer import export_size
+
+    sizes: dict[str, Any] = {"export_bytes": None, "onnx_bytes": None, "onnx_float_layers": None}
+    try:
+        single_bit_width(model, None)
+    except LowbitError:
+        note = "a network of several bit-widths deploys one: lowbit export --bits B"
+        return {**sizes, "export_note": note, "onnx_note": note}
+    try:
+        keys = ("name", "options", "num_classes", "in_channels")
+        sizes["export_bytes"] = export_size(model, {key: info[key] for key in keys})
+    except LowbitError as error:
+        sizes["export_note"] = str(error)
+    try:
+        with tempfile.TemporaryDirectory() as folder:
+            path = export_onnx(model, Path(folder) / "model.onnx", sample)
+            sizes["onnx_bytes"] = path.stat().st_size
+            sizes["onnx_float_layers"] = read_metadata(path)["float_layers"]
+    except LowbitError as error:
+        sizes["onnx_note"] = str(error)
+    return sizes
+
+
+def format_sizes(sizes: dict[str, Any]) -> str:
+    """The ``deploy_sizes`` line of a report."""
+    parts = []
+    for what, key in (("lowbit export", "export"), ("ONNX", "onnx")):
+        size = sizes[f"{key}_bytes"]
+        parts.append(f"{what} {significant(size / 2**20)} MB" if size is not None
+                     else f"{what}: {sizes[f'{key}_note']}")
+    text = "deployed: " + "; ".join(parts)
+    floats = sizes["onnx_float_layers"]
+    if floats is not None:
+        text += "; float in ONNX: " + (
+            ", ".join(f"{name} ({why})" for name, why in floats.items()) or "none")
+    return text
 
 
 def significant(value: float, digits: int = 3) -> str:

@@ -1,198 +1,173 @@
-"""ONNX export of uniformly quantized models as QuantizeLinear / DequantizeLinear graphs.
+"""ONNX export of quantized models whose convolutions and matmuls run on integers.
 
-Every quantized layer's weight is stored as 8-bit integer codes feeding DequantizeLinear (per
-output channel when the scale is), and a quantized input becomes Clip -> QuantizeLinear ->
-DequantizeLinear: clipping to the grid's end levels first makes the 8-bit ONNX range
-reproduce any grid of up to 8 bits. UniQ's half-integer codes are shifted by half a step
-around the pair. Only uniform grids map to QuantizeLinear; APoT / PoT levels do not (use
-``lowbit export``).
+Every quantized Conv2d / Linear whose weight and input are quantized becomes
 
-ONNX rounds half to even; lowbit's RCF quantizers round ties up, so values exactly half-way
-between two levels may differ. Needs the ``onnx`` package (``pip install 'lowbit[onnx]'``).
+    input -> integer codes -> ConvInteger / MatMulInteger (int32) -> Cast float
+          -> Mul (one factor per output channel) -> Add bias
+
+with its weight codes as int8 (uint8 for non-negative grids) initializers and zero points 0
+(``lowbit.export.onnx_layers``). Input codes are rounded as the trained quantizer rounds them:
+``round`` half to even, ``symmetric`` half-integer codes by magnitude, ``nearest`` level by a
+grid lookup (Mul, Clip, Floor, Gather) whose cells end exactly on the decision boundaries, with
+the quantizer's own float32 multiplier, so only inputs within float rounding of a boundary can
+round differently. A BatchNormalization that reads nothing but such a layer is folded into
+its Mul and Add (``lowbit.export.onnx_graph``). Layers whose input is float (the image into a
+first layer) or whose codes need more than 8 bits stay float Conv / Gemm layers holding the
+on-grid weights; ``onnx_summary`` lists them.
+
+Weight codes of at most 16 levels (4-bit grids and below) are stored as 4-bit indices
+(UINT4) into a table of the codes, decoded by Cast + Gather: onnxruntime (checked with 1.32)
+folds these constants into 8-bit codes when it creates the session, since ConvInteger takes
+8-bit inputs only; the file holds half a byte per weight. That needs opset 21; the TorchScript
+exporter writes opset 20, which ``onnx.version_converter`` lifts.
+
+Activations are not quantized with QuantizeLinear: its 8-bit range, zero point and
+reciprocal-or-division arithmetic are the engine's, and it has no rule for APoT's uneven
+levels. The rounding is written out instead (``lowbit.export.onnx_rounding``) with the
+quantizer's own operations (``x / step`` is a Div, as in PyTorch), and tests check that
+onnxruntime gives the quantizer's codes on every decision boundary.
+
+The integer result equals the fake-quant model's up to float reassociation: the model sums
+float products ``(alpha_w level_w)(alpha_x level_x)``, the graph sums exact integer products
+and multiplies once. Needs the ``onnx`` package (``pip install 'lowbit[onnx]'``).
 """
 
 from __future__ import annotations
 
-import copy
-import math
+import json
 import warnings
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lowbit.errors import LowbitError
-from lowbit.export.codes import broadcast_scale
-from lowbit.export.grids import GridSpec, quantizer_grid
-from lowbit.export.writer import quantized_layers
+from lowbit.export.onnx_layers import IntegerConv2d, IntegerLinear, deployed_model
+from lowbit.export.onnx_runtime import PREFIX, decode_metadata
 from lowbit.files import atomic_write
-from lowbit.nn.quantize import set_submodule
 
-OPSET = 13  # per-channel QuantizeLinear (axis) needs 13
-RANGES = ((0, 255), (-128, 127))  # the integer ranges ONNX's 8-bit QuantizeLinear offers
-
-
-def uniform_steps(spec: GridSpec, scale: torch.Tensor) -> tuple[torch.Tensor, float, int]:
-    """``(step, first, count)`` of a uniform grid: its levels are ``step * (first + k)`` for
-    ``k < count``; a clear error for non-uniform (APoT, PoT) grids."""
-    if spec["levels"] == "integer":
-        return scale / spec["divisor"], float(spec["first"]), int(spec["count"])
-    if spec["levels"] != "uniform":
-        raise LowbitError(
-            f"ONNX QuantizeLinear needs uniform levels, not {spec['levels']}; export APoT / PoT "
-            "models with lowbit export (integer codes + the deploy runtime)"
-        )
-    top = 2 ** (spec["bits"] - 1) - 1 if spec["signed"] else 2 ** spec["bits"] - 1
-    first = -top if spec["signed"] else 0
-    return scale / top, float(first), int(-first + top + 1)
+TRACE_OPSET = 20  # the TorchScript exporter's highest
+OPSET = 21  # Cast from UINT4
+FORMAT = "lowbit-onnx"
 
 
-class QuantizeDequantize(nn.Module):
-    """``step * (shift + clamp(round(x / step - shift)))`` over a uniform grid, written with
-    the ops the ONNX exporter turns into QuantizeLinear / DequantizeLinear."""
+def export_onnx(
+    model: nn.Module,
+    path: str | Path,
+    sample: torch.Tensor,
+    metadata: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``model`` (quantized, trained) as an integer ONNX graph traced on ``sample``
+    (batch size free), atomically; returns ``path``.
 
-    def __init__(self, step: torch.Tensor, first: float, count: int, clip: bool) -> None:
-        super().__init__()
-        low = math.floor(first)
-        high = low + count - 1
-        fitting = [r for r in RANGES if r[0] <= low and high <= r[1]]
-        if not fitting:
-            raise LowbitError(f"a grid of codes {low}..{high} does not fit 8-bit QuantizeLinear")
-        self.quant_min, self.quant_max = fitting[0]
-        self.per_channel = step.dim() == 1
-        self.clip = clip
-        self.register_buffer("step", step.float())
-        self.register_buffer("shift", (first - low) * step.float())
-        self.register_buffer("zero_point", torch.zeros(step.shape, dtype=torch.int32))
-        self.low, self.high = float(low), float(high)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shift = broadcast_scale(self.shift, x.dim())
-        shifted = bool(self.shift.any())
-        if shifted:
-            x = x - shift
-        if self.clip:
-            x = torch.clamp(x, self.low * float(self.step), self.high * float(self.step))
-        if self.per_channel:
-            x = torch.fake_quantize_per_channel_affine(
-                x, self.step, self.zero_point, 0, self.quant_min, self.quant_max
-            )
-        else:
-            x = torch.fake_quantize_per_tensor_affine(
-                x, float(self.step), 0, self.quant_min, self.quant_max
-            )
-        return x + shift if shifted else x
-
-
-class QDQLayer(nn.Module):
-    """A Conv2d / Linear whose input and weight pass through ``QuantizeDequantize``."""
-
-    def __init__(
-        self, layer: nn.Module, weight: QuantizeDequantize, inputs: QuantizeDequantize | None
-    ) -> None:
-        super().__init__()
-        self.layer, self.weight_qdq, self.input_qdq = layer, weight, inputs
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.input_qdq is not None:
-            x = self.input_qdq(x)
-        weight = self.weight_qdq(self.layer.weight)
-        if isinstance(self.layer, nn.Conv2d):
-            return nn.Conv2d._conv_forward(self.layer, x, weight, self.layer.bias)
-        return F.linear(x, weight, self.layer.bias)
-
-
-@torch.no_grad()
-def qdq_model(model: nn.Module) -> nn.Module:
-    """A copy of a quantized lowbit model in which every quantized layer is a ``QDQLayer``
-    holding its on-grid weights (what ``torch.onnx.export`` turns into a QDQ graph)."""
-    model = copy.deepcopy(model).eval()
-    for name, layer in quantized_layers(model):
-        if layer.weight_quantizer is None:
-            raise LowbitError(f"{name} quantizes its input only; ONNX export needs both")
-        grid = quantizer_grid(layer.weight_quantizer, layer.weight.detach())
-        layer.weight.copy_(layer.weight_quantizer(layer.weight))
-        weight_qdq = QuantizeDequantize(*uniform_steps(grid.spec, grid.scale), clip=False)
-        input_qdq = None
-        if layer.input_quantizer is not None:
-            grid = quantizer_grid(layer.input_quantizer)
-            input_qdq = QuantizeDequantize(*uniform_steps(grid.spec, grid.scale), clip=True)
-        layer.weight_quantizer = layer.input_quantizer = None
-        set_submodule(model, name, QDQLayer(layer, weight_qdq, input_qdq))
-    return model
-
-
-def export_onnx(model: nn.Module, path: str | Path, sample: torch.Tensor) -> Path:
-    """Write ``model`` (quantized with uniform grids: uniform, lsq, uniq) as an ONNX QDQ
-    graph traced on ``sample`` (batch size free), atomically; returns ``path``."""
+    ``metadata`` (JSON values) goes into the file's ``metadata_props`` under ``lowbit.<key>``,
+    with ``format``, ``integer_layers`` and ``float_layers`` ({name: why}); ``lowbit export``
+    stores there what ``lowbit eval --onnx`` needs (the run config, data set, image size).
+    """
     path = Path(path)
-    if path.is_dir():
-        raise LowbitError(f"{str(path)!r} is a directory; give the .onnx file to write")
-    exportable = qdq_model(model)  # first: a model ONNX cannot express fails with or without onnx
+    check_target(path)
+    # First: a model ONNX cannot express fails with or without the onnx package.
+    deployed, float_layers = deployed_model(model)
     try:
         import onnx
+        from onnx import version_converter
     except ImportError:
         raise LowbitError("ONNX export needs onnx: pip install 'lowbit[onnx]'") from None
+    from lowbit.export import onnx_graph
+
+    integer = [
+        name for name, module in deployed.named_modules()
+        if isinstance(module, (IntegerConv2d, IntegerLinear))
+    ]
+    props = {
+        **(metadata or {}),
+        "format": FORMAT,
+        "integer_layers": integer,
+        "float_layers": float_layers,
+    }
     with atomic_write(path) as temporary, warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice
         location = str(temporary)  # the exporter takes a str, not a Path, as a file location
-        torch.onnx.export(
-            exportable,
-            (sample,),
-            location,
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+        try:
+            torch.onnx.export(
+                deployed,
+                (sample,),
+                location,
+                dynamo=False,
+                opset_version=TRACE_OPSET,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            )
+        except (torch.onnx.errors.OnnxExporterError, RuntimeError) as error:
+            # An operation of the float model that ONNX has no form for: name it in one line.
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "no reason"
+            raise LowbitError(f"torch.onnx.export cannot express this model: {reason}") from None
+        proto = onnx.load(location)
+        onnx_graph.inline_identities(proto.graph)
+        onnx_graph.fold_batch_norms(proto.graph)
+        proto = version_converter.convert_version(proto, OPSET)
+        onnx_graph.store_small_codes(proto.graph)
+        onnx_graph.drop_unused_initializers(proto.graph)
+        onnx.helper.set_model_props(
+            proto, {PREFIX + key: json.dumps(value) for key, value in props.items()}
         )
-        model_proto = onnx.load(location)
-        fold_weight_quantization(model_proto.graph)
-        onnx.save(model_proto, location)
+        onnx.checker.check_model(proto)
+        onnx.save(proto, location)
     return path
 
 
-def fold_weight_quantization(graph) -> None:
-    """Replace every QuantizeLinear of a constant (a weight) by its integer result, stored as
-    an int8 / uint8 initializer: weights then take one byte each and feed DequantizeLinear
-    directly, as in a deployed QDQ model. Rounding as QuantizeLinear: half to even."""
-    from onnx import numpy_helper
+def check_target(path: Path) -> None:
+    """A clear error when ``path`` cannot become a file: a directory, or under a file."""
+    if path.is_dir():
+        raise LowbitError(f"{str(path)!r} is a directory; give the .onnx file to write")
+    parent = next((p for p in path.parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise LowbitError(f"{str(parent)!r} is a file, not a directory; choose another path")
 
-    initializers = {tensor.name: tensor for tensor in graph.initializer}
-    producers = {output: node for node in graph.node for output in node.output}
 
-    def constant(name: str) -> np.ndarray | None:
-        """The value of ``name`` if it is an initializer or a Constant (through Identity)."""
-        if name in initializers:
-            return numpy_helper.to_array(initializers[name])
-        node = producers.get(name)
-        if node is not None and node.op_type == "Identity":
-            return constant(node.input[0])
-        if node is not None and node.op_type == "Constant":
-            return numpy_helper.to_array(node.attribute[0].t)
-        return None
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The ``lowbit.*`` metadata of an ONNX file ``export_onnx`` wrote (``decode_metadata``),
+    read with the onnx package."""
+    import onnx
 
-    for node in list(graph.node):
-        if node.op_type != "QuantizeLinear":
-            continue
-        weight, scale, zero_point = (constant(name) for name in node.input[:3])
-        if weight is None or scale is None or zero_point is None:
-            continue  # an activation: quantized at run time
-        axis = next((a.i for a in node.attribute if a.name == "axis"), 1)
-        if scale.ndim == 1:
-            shape = [1] * weight.ndim
-            shape[axis] = -1
-            scale, zero_point = scale.reshape(shape), zero_point.reshape(shape)
-        info = np.iinfo(zero_point.dtype)
-        codes = np.clip(np.rint(weight / scale) + zero_point, info.min, info.max)
-        graph.initializer.append(
-            numpy_helper.from_array(codes.astype(zero_point.dtype), node.output[0])
-        )
-        graph.node.remove(node)
-    used = {name for node in graph.node for name in node.input}
-    used |= {value.name for value in list(graph.input) + list(graph.output)}
-    for tensor in list(graph.initializer):
-        if tensor.name not in used:  # the float weights just replaced
-            graph.initializer.remove(tensor)
+    proto = onnx.load(str(path), load_external_data=False)
+    return decode_metadata({prop.key: prop.value for prop in proto.metadata_props}, path)
+
+
+def onnx_summary(path: str | Path) -> str:
+    """What an exported file computes on integers, e.g. ``"20 integer layers (ConvInteger /
+    MatMulInteger); float: conv1 (float input)"``."""
+    metadata = read_metadata(path)
+    text = f"{len(metadata['integer_layers'])} integer layers (ConvInteger / MatMulInteger)"
+    floats = metadata["float_layers"]
+    if floats:
+        text += "; float: " + ", ".join(f"{name} ({why})" for name, why in floats.items())
+    return text
+
+
+def checkpoint_metadata(
+    checkpoint: str | Path, info: dict[str, Any], sample: torch.Tensor, bits: int | None = None
+) -> dict[str, Any]:
+    """What ``lowbit eval --onnx`` needs from the checkpoint an export was made from: its run
+    config (data set, loaders, input normalization) and, readable without lowbit, the model,
+    method, ``bits`` (default the checkpoint's), data set, image size, classes and the
+    config's normalization (``null``: the data set's standard one). ``info`` is
+    ``lowbit.analysis.report.load_model``'s."""
+    from lowbit.evaluate import checkpoint_config
+    from lowbit.train.checkpoint import load_checkpoint
+
+    config = checkpoint_config(load_checkpoint(str(checkpoint)), str(checkpoint))
+    data = config.data
+    return {
+        "config": config.to_dict(),
+        "model": info["name"],
+        "method": info["method"],
+        "bits": info["bits"] if bits is None else bits,
+        "data": data.name,
+        "image_size": int(sample.shape[-1]),
+        "num_classes": info["num_classes"],
+        "mean": None if data.mean is None else list(data.mean),
+        "std": None if data.std is None else list(data.std),
+    }

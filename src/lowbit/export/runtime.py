@@ -18,15 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.export.codes import decode, unpack
-from lowbit.export.grids import GridSpec, grid_levels
-from lowbit.export.safetensors import read_safetensors
+from lowbit.export.grids import GridSpec, grid_levels, output_levels
 from lowbit.export.writer import FORMAT, MANIFEST, TENSORS, VERSION, signature, weight_key
 from lowbit.models import build_model
 from lowbit.nn.quantize import set_submodule
+from lowbit.quant.apot import project_divided
 from lowbit.quant.project import (
     grid_cells,
     grid_table,
@@ -35,20 +37,25 @@ from lowbit.quant.project import (
     project_on_grid,
 )
 
-RULES = ("nearest", "round", "symmetric")
+RULES = ("nearest", "nearest_divided", "round", "symmetric", "clip_round", "half_up")
 
 
 class ActivationQuantizer(nn.Module):
     """``scale * level`` of the grid level an input rounds to, by the rule of the quantizer
-    that was trained: ``"nearest"`` level (RCF: ties to the larger level), ``"round"`` half to
-    even onto integer codes (LSQ, UniQ unsigned), or ``"symmetric"`` half-integer codes by
-    magnitude (UniQ Eq. 3)."""
+    that was trained, in its arithmetic (so that near-ties round alike): ``"nearest"`` level
+    by RCF's grid lookup (ties to the larger level), ``"nearest_divided"``: the APoT authors'
+    ``x / scale`` then the nearer level (``project_divided``, ties to the lower),
+    ``"round"``: ``x / scale`` half to even onto integer codes (LSQ, UniQ unsigned, two-sided
+    PACT), ``"symmetric"``: half-integer
+    codes by magnitude (UniQ Eq. 3), ``"clip_round"``: PACT's ``clamp(x, lo, hi) * (divisor /
+    scale)`` half to even, times ``scale / divisor``, on levels ``k / divisor``, or
+    ``"half_up"``: RQ's and SRQ's ``floor(x / scale + 1/2)`` on integer codes (ties up)."""
 
     def __init__(self, spec: GridSpec, rule: str, scale: torch.Tensor) -> None:
         super().__init__()
         if rule not in RULES:
             raise LowbitError(f"unknown rounding rule {rule!r} in the export; known: {RULES}")
-        self.rule = rule
+        self.rule, self.divisor = rule, spec.get("divisor", 1)
         levels = grid_levels(spec)
         self.lo, self.hi = float(levels[0]), float(levels[-1])
         cells = grid_cells(levels) if rule == "nearest" else None
@@ -63,7 +70,14 @@ class ActivationQuantizer(nn.Module):
             if self.table is not None:
                 return project_on_grid(x, self.table * scale, self.lo, self.hi, scale)
             return project_by_search(x, self.levels * scale, midpoints(self.levels) * scale)
+        if self.rule == "nearest_divided":
+            return project_divided(x, scale, self.levels.to(x.dtype), self.lo < 0)
+        if self.rule == "clip_round":
+            clipped = x.clamp(self.lo * scale, self.hi * scale)
+            return clipped.mul_(self.divisor / scale).round_().mul_(scale / self.divisor)
         code = x / scale
+        if self.rule == "half_up":
+            return code.add_(0.5).floor_().clamp_(self.lo, self.hi).mul_(scale)
         if self.rule == "symmetric":
             code.abs_().floor_().clamp_(max=self.hi - 0.5).add_(0.5).copysign_(x)
         else:
@@ -98,6 +112,15 @@ def read_manifest(export_dir: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of an export's ``model.safetensors`` (also those written by lowbit's earlier
+    hand-written writer: the same format); one clear error when the file is damaged."""
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise LowbitError(f"{str(path)!r} is not a readable safetensors file ({error})") from None
+
+
 def load_runtime(export_dir: str | Path, model: nn.Module | None = None) -> nn.Module:
     """The exported network, ready for inference (eval mode).
 
@@ -106,7 +129,7 @@ def load_runtime(export_dir: str | Path, model: nn.Module | None = None) -> nn.M
     """
     export_dir = Path(export_dir)
     manifest = read_manifest(export_dir)
-    tensors, _ = read_safetensors(export_dir / TENSORS)
+    tensors = read_tensors(export_dir / TENSORS)
     if model is None:
         model = _zoo_model(manifest)
     layers = manifest["layers"]
@@ -144,7 +167,7 @@ def _fill_weight(
     indices = unpack(codes[code_at : code_at + n_bytes], spec["code_bits"], count)
     scale = scales[scale_at : scale_at + n_scales]
     scale = scale if spec["per_channel"] else scale.reshape(())
-    layer.weight.copy_(decode(indices.view(layer.weight.shape), grid_levels(spec), scale))
+    layer.weight.copy_(decode(indices.view(layer.weight.shape), output_levels(spec), scale))
     return code_at + n_bytes, scale_at + n_scales
 
 

@@ -1,5 +1,5 @@
-"""``export_model``: a quantized model as packed integer codes + scales (safetensors) and a
-JSON manifest, written atomically.
+"""``export_model``: a quantized model as packed integer codes + scales (safetensors, written
+with the ``safetensors`` package) and a JSON manifest, written atomically.
 
 An export directory holds two files:
 
@@ -29,12 +29,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save, save_file
 from torch import nn
 
 from lowbit.errors import LowbitError
+from lowbit.export.bit_width import single_bit_width
 from lowbit.export.codes import encode, pack
-from lowbit.export.grids import GridSpec, code_bits, grid_levels, pot_terms, quantizer_grid
-from lowbit.export.safetensors import write_safetensors
+from lowbit.export.grids import GridSpec, code_bits, output_levels, pot_terms, quantizer_grid
 from lowbit.files import current_umask
 from lowbit.nn.layers import QConv2d, QLinear
 
@@ -131,7 +132,7 @@ def _layer_codes(
     if layer.weight_quantizer is not None:
         weight = layer.weight.detach().float()
         grid = quantizer_grid(layer.weight_quantizer, weight)
-        codes = encode(layer.weight_quantizer(weight), grid_levels(grid.spec), grid.scale)
+        codes = encode(layer.weight_quantizer(weight), output_levels(grid.spec), grid.scale)
         packed = pack(codes, code_bits(grid.spec))
         entry["weight"] = grids.index({**grid.spec, "per_channel": grid.scale.dim() == 1})
         scales.append(grid.scale.reshape(-1))
@@ -145,17 +146,47 @@ def _layer_codes(
 
 
 def export_model(
-    model: nn.Module, out_dir: str | Path, model_info: dict[str, Any] | None = None
+    model: nn.Module,
+    out_dir: str | Path,
+    model_info: dict[str, Any] | None = None,
+    bits: int | None = None,
 ) -> Path:
     """Write ``model`` (quantized, trained) to ``out_dir``; returns the directory.
 
     ``model_info`` (``{"name", "options", "num_classes", "in_channels"}``) lets
     ``load_runtime`` rebuild the architecture from the zoo; without it, ``load_runtime`` needs
-    the float model. ``out_dir`` may not exist yet, be empty, or hold an earlier export (it is
-    replaced); the new export appears complete or not at all.
+    the float model. ``bits``: for a network trained at several bit-widths (CoQuant), the one
+    to export (``lowbit.export.bit_width.single_bit_width``). ``out_dir`` may not exist yet, be
+    empty, or hold an earlier export (it is replaced); the new export appears complete or not
+    at all.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir)
+    tensors, manifest = export_contents(model, model_info, bits)
+    with _atomic_directory(out_dir) as staging:
+        save_file(tensors, str(staging / TENSORS), {"format": FORMAT})
+        (staging / MANIFEST).write_text(manifest_text(manifest))
+    return out_dir
+
+
+def export_size(
+    model: nn.Module, model_info: dict[str, Any] | None = None, bits: int | None = None
+) -> int:
+    """Bytes ``export_model`` would write for ``model``, computed in memory."""
+    tensors, manifest = export_contents(model, model_info, bits)
+    return len(save(tensors, {"format": FORMAT})) + len(manifest_text(manifest).encode())
+
+
+def manifest_text(manifest: dict[str, Any]) -> str:
+    """``manifest.json``'s content: compact JSON, one line."""
+    return json.dumps(manifest, separators=(",", ":")) + "\n"
+
+
+def export_contents(
+    model: nn.Module, model_info: dict[str, Any] | None = None, bits: int | None = None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The tensors of ``model.safetensors`` and the manifest of ``model`` (``export_model``)."""
+    model = single_bit_width(model, bits)
     layers = quantized_layers(model)
     was_training = model.training
     model.eval()
@@ -186,10 +217,7 @@ def export_model(
         "layers": entries,
         "floats": {"count": len(floats), "signature": signature(floats)},
     }
-    with _atomic_directory(out_dir) as staging:
-        write_safetensors(staging / TENSORS, tensors, {"format": FORMAT})
-        (staging / MANIFEST).write_text(json.dumps(manifest, separators=(",", ":")) + "\n")
-    return out_dir
+    return tensors, manifest
 
 
 def _check_target(out_dir: Path) -> None:

@@ -21,10 +21,13 @@ logger = logging.getLogger(__name__)
 
 LayerBits = Optional[int]
 # What an override gives a layer: bits of the run's method, None (float), or a mapping
-# {"method": ..., "bits": ..., "weight_options": ..., "input_options": ..., "signed_input": ...}
-# (any subset).
+# {"method": ..., "bits": ..., "weight_bits": ..., "input_bits": ..., "weight_options": ...,
+# "input_options": ..., "signed_input": ...} (any subset).
 LayerSpec = Union[int, None, Mapping[str, Any]]
-LAYER_SPEC_KEYS = ("method", "bits", "weight_options", "input_options", "signed_input")
+LAYER_SPEC_KEYS = (
+    "method", "bits", "weight_bits", "input_bits", "weight_options", "input_options",
+    "signed_input",
+)
 # Layers with weights that no method quantizes, by design (normalization layers stay float in
 # every paper); anything else with parameters that stays float is listed in a warning.
 FLOAT_BY_DESIGN = (
@@ -34,11 +37,13 @@ FLOAT_BY_DESIGN = (
 
 @dataclass(frozen=True)
 class LayerQuantization:
-    """How one layer is quantized: its method, bits, quantizer options and whether its input
-    quantizer is signed (``None``: decided from the model's graph)."""
+    """How one layer is quantized: its method, the bits of its weights and of its input
+    (``input_bits=None``: float input), quantizer options and whether its input quantizer is
+    signed (``None``: decided from the model's graph)."""
 
     method: Method
-    bits: int
+    weight_bits: int
+    input_bits: int | None
     weight_options: Mapping[str, Any]
     input_options: Mapping[str, Any]
     signed_input: bool | None = None
@@ -111,12 +116,15 @@ def resolve_layer(
 
     A mapping's missing keys come from the run (``method``, ``bits`` and, for the run's own
     method, its options); a layer given another method gets only the options it names.
+    ``weight_bits`` / ``input_bits`` set the two sides apart (default: ``bits``), e.g. a
+    layer's learned weight bits at the run's activation bits (SRQ Table 3, "Fixed");
+    ``input_bits: null`` leaves the layer's input float.
     """
     if spec is None:
         return None
     if not isinstance(spec, Mapping):
         method.check_bits(spec, f"bits of {name}")
-        return LayerQuantization(method, spec, weight_options, input_options)
+        return LayerQuantization(method, spec, spec, weight_options, input_options)
     unknown = sorted(set(spec) - set(LAYER_SPEC_KEYS))
     if unknown:
         raise LowbitError(
@@ -125,9 +133,13 @@ def resolve_layer(
         )
     own = get_method(spec.get("method", method.name))
     chosen_bits = spec.get("bits", bits)
-    if chosen_bits is None:
+    weight_bits = spec.get("weight_bits", chosen_bits)
+    input_bits = spec.get("input_bits", chosen_bits)
+    if weight_bits is None:
         raise LowbitError(f"the override for {name} needs bits (the run's bits are None)")
-    own.check_bits(chosen_bits, f"bits of {name}")
+    own.check_bits(weight_bits, f"weight bits of {name}")
+    if input_bits is not None:
+        own.check_bits(input_bits, f"input bits of {name}")
     signed = spec.get("signed_input")
     if signed not in (None, True, False):
         raise LowbitError(
@@ -136,7 +148,8 @@ def resolve_layer(
     same = own.name == method.name
     return LayerQuantization(
         own,
-        chosen_bits,
+        weight_bits,
+        input_bits,
         spec.get("weight_options", weight_options if same else {}),
         spec.get("input_options", input_options if same else {}),
         signed,
@@ -153,6 +166,7 @@ def quantize(
     input_options: Mapping[str, Any] | None = None,
     float_downsample: bool = False,
     signed_inputs: bool | None = None,
+    quantize_inputs: bool = True,
 ) -> nn.Module:
     """Quantize ``model`` in place with ``method`` and return it.
 
@@ -168,6 +182,8 @@ def quantize(
     ``weight_options`` / ``input_options`` go to the method's quantizers (e.g.
     ``{"alpha": 6.0}``). ``float_downsample=True`` keeps strided 1x1 convolutions (the
     downsampling shortcuts of residual networks) float, as binary networks do (UniQ §5).
+    ``quantize_inputs=False`` quantizes weights only, every layer input stays float (APoT
+    App. B Table 4: "full precision for activations"), whatever the method.
 
     Input quantizers are unsigned where the layer's input is provably non-negative (a ReLU,
     ReLU6, clamp at 0, sigmoid or softmax before it, read from the ``torch.fx`` graph) and
@@ -210,10 +226,13 @@ def quantize(
         if plan[name] is None or float_downsample and is_downsample(layer):
             kept_float.append(name)
             continue
-        quantize_input = index > 0 and plan[name].method.input_quantizer is not None
+        quantize_input = (
+            quantize_inputs and index > 0 and plan[name].method.input_quantizer is not None
+            and plan[name].input_bits is not None
+        )
         if quantize_input and plan[name].signed_input:
             signed.append(name)
-        set_submodule(model, name, _quantized_layer(name, layer, plan[name], index > 0))
+        set_submodule(model, name, _quantized_layer(name, layer, plan[name], quantize_input))
     _report(model, signed, kept_float)
     return model
 
@@ -261,12 +280,13 @@ def _quantized_layer(
     name: str, layer: nn.Module, plan: LayerQuantization, quantize_input: bool
 ) -> nn.Module:
     method = plan.method
-    weight_quantizer = _build(method, method.weight_quantizer, plan.bits, plan.weight_options,
+    weight_quantizer = _build(method, method.weight_quantizer, plan.weight_bits,
+                              plan.weight_options,
                               f"weight_options of layer {name} (method {method.name})")
     input_quantizer = None
     if quantize_input and method.input_quantizer is not None:
         options = {"signed": bool(plan.signed_input), **plan.input_options}
-        input_quantizer = _build(method, method.input_quantizer, plan.bits, options,
+        input_quantizer = _build(method, method.input_quantizer, plan.input_bits, options,
                                  f"input_options of layer {name} (method {method.name})")
     return QUANTIZED_LAYERS[type(layer)].from_float(layer, weight_quantizer, input_quantizer)
 

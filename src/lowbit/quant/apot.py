@@ -1,4 +1,6 @@
-"""Reparameterized clipping function (APoT Eq. 7-8) and weight normalization (Eq. 9)."""
+"""Reparameterized clipping function (APoT Eq. 7-8) and weight normalization (Eq. 9), with the
+ablations of APoT Table 3 and App. A: PACT's clipping gradient (Eq. 11) and no clipping at all
+(alpha = max|W|)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ from torch import nn
 
 from lowbit.errors import LowbitError, require_positive
 from lowbit.quant import native
+from lowbit.quant.hooks import GridView
 from lowbit.quant.levels import levels as make_levels
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.project import (
@@ -31,11 +34,12 @@ def rcf_formula(
     signed: bool,
     divide_first: bool,
     clip_input_gradient: bool,
+    alpha_gradient: str = "rcf",
 ) -> torch.Tensor:
     """``lowbit::rcf_quantize`` on every device (see ``rcf_quantize``): ``x`` projected
     straight onto ``alpha * levels`` (the grid or the boundaries are scaled instead of the
-    tensor), or with ``divide_first`` as ``project_divided``; ``clip_input_gradient`` is for
-    the backward."""
+    tensor), or with ``divide_first`` as ``project_divided``; ``clip_input_gradient`` and
+    ``alpha_gradient`` are for the backward."""
     if divide_first:
         return project_divided(x, alpha, levels, signed)
     if table is not None:
@@ -47,12 +51,12 @@ rcf_op = torch.library.custom_op("lowbit::rcf_quantize", rcf_formula, mutates_ar
 
 
 @rcf_op.register_fake
-def _(x, alpha, levels, table, signed, divide_first, clip_input_gradient):
+def _(x, alpha, levels, table, signed, divide_first, clip_input_gradient, alpha_gradient="rcf"):
     return torch.empty_like(x)
 
 
 @rcf_op.register_kernel("cpu")
-def _(x, alpha, levels, table, signed, divide_first, clip_input_gradient):
+def _(x, alpha, levels, table, signed, divide_first, clip_input_gradient, alpha_gradient="rcf"):
     lookup = levels if table is None else table
     if divide_first or lookup.dtype != x.dtype or not native.serves(x):
         return rcf_formula(x, alpha, levels, table, signed, divide_first, clip_input_gradient)
@@ -67,27 +71,43 @@ def _lowest(signed: bool) -> float:
 
 
 def _setup_context(ctx, inputs, output):
-    x, alpha, _, _, ctx.signed, _, ctx.clip_input_gradient = inputs
+    x, alpha, _, _, ctx.signed, _, ctx.clip_input_gradient, *rest = inputs
+    ctx.alpha_gradient = rest[0] if rest else "rcf"
     ctx.save_for_backward(x, output, alpha)
 
 
+# How the output depends on alpha, as ``lowbit.quant.ste.clip_backward`` names it: RCF's
+# rescaled projection (Eq. 8), or PACT's clip alone (Eq. 11; ``[-alpha, alpha]`` for signed data,
+# from above only for unsigned).
+ALPHA_GRADIENTS = ("rcf", "pact")
+
+
+def _scale_gradient(alpha_gradient: str, signed: bool) -> str:
+    if alpha_gradient == "rcf":
+        return "rounding"
+    return "bounds" if signed else "upper"
+
+
 def _backward(ctx, grad_out):
-    """APoT Eq. 8. For alpha: ``Pi(x/alpha) - x/alpha`` inside the clipping range and
-    ``sign(x)`` outside. Outside the range ``Pi(x/alpha) = sign(x)``, so the alpha gradient is
-    ``(sum(g * out) - sum(g_x * x)) / alpha`` with ``g_x`` the clipped straight-through
-    gradient: two dot products, no extra tensor (``lowbit.quant.ste``). For ``x``:
-    straight-through inside the range and zero outside (Eq. 8, activations), or with
-    ``clip_input_gradient=False`` the identity everywhere (APoT §2.5 for weights,
-    "dW_hat / dW_tilde = 1"; the authors' code does not clip it either).
+    """APoT Eq. 8 (``alpha_gradient="rcf"``). For alpha: ``Pi(x/alpha) - x/alpha`` inside the
+    clipping range and ``sign(x)`` outside. Outside the range ``Pi(x/alpha) = sign(x)``, so the
+    alpha gradient is ``(sum(g * out) - sum(g_x * x)) / alpha`` with ``g_x`` the clipped
+    straight-through gradient: two dot products, no extra tensor (``lowbit.quant.ste``). With
+    ``alpha_gradient="pact"`` alpha gets APoT Eq. 11 instead (PACT): ``sign(x)`` outside the
+    range and nothing from inside it. For ``x``: straight-through inside the range and zero
+    outside (Eq. 8, activations), or with ``clip_input_gradient=False`` the identity
+    everywhere (APoT §2.5 for weights, "dW_hat / dW_tilde = 1"; the authors' code does not
+    clip it either).
     """
     x, out, alpha = ctx.saved_tensors
     grad_x, grad_alpha = clip_backward(
         grad_out, x, out, -alpha if ctx.signed else None, alpha,
         scale=alpha if ctx.needs_input_grad[1] else None,
+        scale_gradient=_scale_gradient(ctx.alpha_gradient, ctx.signed),
     )
     if not ctx.clip_input_gradient:
         grad_x = grad_out
-    return grad_x, grad_alpha, None, None, None, None, None
+    return grad_x, grad_alpha, None, None, None, None, None, None
 
 
 rcf_op.register_autograd(_backward, setup_context=_setup_context)
@@ -133,8 +153,10 @@ def rcf_quantize(
     table: torch.Tensor | None = None,
     divide_first: bool = False,
     clip_input_gradient: bool = True,
+    alpha_gradient: str = "rcf",
 ) -> torch.Tensor:
-    """APoT Eq. 7: ``alpha * Pi_Q(1,b)(clip(x / alpha, 1))`` with the Eq. 8 gradient.
+    """APoT Eq. 7: ``alpha * Pi_Q(1,b)(clip(x / alpha, 1))`` with the Eq. 8 gradient
+    (``alpha_gradient="pact"``: Eq. 11's, one of ``ALPHA_GRADIENTS``).
 
     ``levels`` is a sorted set normalized to a maximum of 1 (``lowbit.levels``), ``alpha`` a
     scalar tensor, ``table`` the optional ``grid_table`` of the levels (faster projection).
@@ -147,10 +169,15 @@ def rcf_quantize(
     projection on scaled levels is one fused pass (``lowbit.quant.native``), elsewhere
     ``rcf_formula``.
     """
+    if alpha_gradient not in ALPHA_GRADIENTS:
+        raise LowbitError(
+            f"unknown alpha gradient {alpha_gradient!r}; use one of: {', '.join(ALPHA_GRADIENTS)}"
+        )
     dtype = x.dtype
     table = None if table is None else table.to(dtype)
     return rcf_op(
-        x, alpha.to(dtype), levels.to(dtype), table, signed, divide_first, clip_input_gradient
+        x, alpha.to(dtype), levels.to(dtype), table, signed, divide_first, clip_input_gradient,
+        alpha_gradient,
     )
 
 
@@ -180,6 +207,11 @@ WEIGHT_NORMALIZATIONS: dict[str, dict[str, Any]] = {
     "detached": {"eps": 0.0, "correction": 1, "detach_stats": True},
 }
 
+# How alpha is set (APoT Table 3, App. A): learned with RCF's gradient (Eq. 8), learned with
+# PACT's (Eq. 11: only the clipped values pull on it), or not learned at all: alpha = max|x|
+# at every call, so nothing is clipped (Table 3's "RCF ✗" column, "alpha = max|W|").
+CLIPPINGS = ("rcf", "pact", "max")
+
 
 class RCFQuantizer(nn.Module):
     """A learnable clipping threshold alpha on a fixed level set (APoT §2.3-2.4).
@@ -204,6 +236,10 @@ class RCFQuantizer(nn.Module):
 
     ``clip_input_gradient=False`` gives ``x`` the identity gradient (APoT §2.5, weights);
     inputs keep Eq. 8's clipped straight-through.
+
+    ``clipping`` (one of ``CLIPPINGS``) says how alpha is set: ``"rcf"`` (Eq. 8), ``"pact"``
+    (alpha learned with PACT's gradient, Eq. 11) or ``"max"`` (no parameter: alpha is the
+    largest magnitude of what the quantizer sees, read at every call, APoT Table 3 "RCF ✗").
     """
 
     def __init__(
@@ -217,6 +253,7 @@ class RCFQuantizer(nn.Module):
         divide_first: bool = False,
         rescale: bool = True,
         clip_input_gradient: bool = True,
+        clipping: str = "rcf",
     ) -> None:
         super().__init__()
         require_positive(alpha, "alpha")
@@ -225,41 +262,79 @@ class RCFQuantizer(nn.Module):
                 f"unknown weight normalization {normalization!r}; use one of: "
                 f"{', '.join(WEIGHT_NORMALIZATIONS)}"
             )
+        if clipping not in CLIPPINGS:
+            raise LowbitError(f"unknown clipping {clipping!r}; use one of: {', '.join(CLIPPINGS)}")
         self.level_set, self.bits, self.signed, self.normalize = level_set, bits, signed, normalize
         self.normalization, self.divide_first = normalization, divide_first
         self.rescale, self.clip_input_gradient = rescale, clip_input_gradient
+        self.clipping = clipping
         grid = make_levels(level_set, bits, signed)
         cells = grid_cells(grid)
         self.register_buffer("levels", grid.float(), persistent=False)
         table = None if cells is None else grid_table(grid, cells).float()
         self.register_buffer("table", table, persistent=False)
-        self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+        if clipping == "max":
+            self.register_parameter("alpha", None)
+        else:
+            self.alpha = nn.Parameter(torch.tensor(float(alpha)))
+
+    def normalized(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(what is clipped and projected, Eq. 9's divisor)``: ``x`` normalized by Eq. 9
+        when the quantizer normalizes, else ``(x, None)``."""
+        if not self.normalize:
+            return x, None
+        mean, divisor = weight_statistics(x, **WEIGHT_NORMALIZATIONS[self.normalization])
+        return (x - mean) / divisor, divisor
+
+    def threshold(self, x: torch.Tensor) -> torch.Tensor:
+        """Alpha for ``x`` (already normalized): the learned parameter, or with
+        ``clipping="max"`` the largest magnitude of ``x`` (largest value, unsigned), a
+        constant to autograd."""
+        if self.alpha is not None:
+            return self.alpha
+        top = x.detach().abs().amax() if self.signed else x.detach().amax()
+        return top.clamp(min=torch.finfo(top.dtype).tiny)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        divisor = None
-        if self.normalize:
-            mean, divisor = weight_statistics(x, **WEIGHT_NORMALIZATIONS[self.normalization])
-            x = (x - mean) / divisor
+        x, divisor = self.normalized(x)
         out = rcf_quantize(
-            x, self.alpha, self.levels, self.signed, self.table, self.divide_first,
-            self.clip_input_gradient,
+            x, self.threshold(x), self.levels, self.signed, self.table, self.divide_first,
+            self.clip_input_gradient, "pact" if self.clipping == "pact" else "rcf",
         )
         return out * divisor if divisor is not None and self.rescale else out
 
     def output_scale(self, w: torch.Tensor | None = None) -> torch.Tensor:
         """What multiplies ``levels`` in the output: alpha, times Eq. 9's ``std + eps`` of the
-        weight ``w`` when the output is rescaled."""
-        alpha = self.alpha.detach()
-        if not (self.normalize and self.rescale):
-            return alpha
+        weight ``w`` when the output is rescaled (alpha itself read from ``w`` with
+        ``clipping="max"``)."""
+        rescaled = self.normalize and self.rescale
+        if self.alpha is not None and not rescaled:
+            return self.alpha.detach()
         if w is None:
-            raise LowbitError("a rescaled weight quantizer's scale depends on the weight")
-        stats = WEIGHT_NORMALIZATIONS[self.normalization]
-        return alpha * weight_statistics(w.detach(), **stats)[1].to(alpha)
+            raise LowbitError(
+                "a rescaled or max-clipped weight quantizer's scale depends on the weight"
+            )
+        x, divisor = self.normalized(w.detach())
+        alpha = self.threshold(x).detach()
+        return alpha * divisor.to(alpha) if rescaled else alpha
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Alpha (``lowbit.quant.hooks.StateReporter``); none when it is read from the data
+        (``clipping="max"``)."""
+        return {} if self.alpha is None else {"alpha": self.alpha.detach()}
+
+    @torch.no_grad()
+    def grid_view(self, x: torch.Tensor) -> GridView:
+        """``x`` (normalized by Eq. 9 when the quantizer normalizes) in units of alpha, on the
+        normalized levels (``lowbit.quant.hooks.GridReporter``)."""
+        x, _ = self.normalized(x)
+        alpha = self.threshold(x).detach()
+        return GridView(x / alpha, self.levels, alpha)
 
     def extra_repr(self) -> str:
         kind = "signed" if self.signed else "unsigned"
         norm = f", weight_norm={self.normalization}" if self.normalize else ""
         norm += ", rescale" if self.normalize and self.rescale else ""
         order = ", divide_first" if self.divide_first else ""
-        return f"{self.level_set}, bits={self.bits}, {kind}{norm}{order}"
+        clipping = f", clipping={self.clipping}" if self.clipping != "rcf" else ""
+        return f"{self.level_set}, bits={self.bits}, {kind}{norm}{order}{clipping}"

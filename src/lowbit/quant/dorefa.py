@@ -29,6 +29,7 @@ import torch
 
 from lowbit.errors import LowbitError
 from lowbit.quant.bit_widths import Switchable
+from lowbit.quant.hooks import GridView
 from lowbit.quant.precision import float32_compute
 
 SCHEMES = ("original", "modified", "centered")
@@ -88,6 +89,21 @@ class DoReFaWeightQuantizer(Switchable):
     def quantize_at(self, w: torch.Tensor, bits: int) -> torch.Tensor:
         """``w`` quantized as this quantizer would at ``bits``, whatever its current bits."""
         return dorefa_weight_quantize(w, bits, self.scheme, self.rescale)
+
+    @torch.no_grad()
+    def grid_view(self, w: torch.Tensor) -> GridView | None:
+        """``tanh(w) / max|tanh(w)|`` on the levels ``2 q - 1`` at the current bits
+        (``lowbit.quant.hooks.GridReporter``); ``None`` for the ``"modified"`` scheme, which
+        rounds down to its levels rather than to the nearest."""
+        if self.scheme == "modified":
+            return None
+        t = torch.tanh(w)
+        codes = torch.arange(2**self.bits, device=w.device, dtype=w.dtype)
+        if self.scheme == "original":
+            levels = 2 * codes / (2**self.bits - 1) - 1
+        else:
+            levels = (2 * codes + 1) / 2**self.bits - 1
+        return GridView(t / t.abs().max().clamp(min=MIN_STD), levels, w.new_ones(()))
 
     def extra_repr(self) -> str:
         switch = f", bit_widths={list(self.bit_widths)}" if self.bit_widths else ""

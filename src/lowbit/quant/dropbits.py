@@ -196,14 +196,23 @@ class DropBitsMasks(nn.Module):
             keep = self.logits >= 0
             self.fate.copy_(torch.where(keep, KEPT, DROPPED).to(self.fate.dtype))
 
-    def learned_bits(self) -> str:
-        """The layer's bit-width as evaluation uses it: ``"4"``, ``"3"``, ... or ``"T"``."""
+    def kept_points(self) -> list[int]:
+        """The grid integers evaluation keeps (``alive``), in increasing order."""
         alive = self.alive().tolist()
         first = -(2 ** (self.bits - 1))
-        kept = [
-            first + i for i, g in enumerate(self.groups) if g == NO_MASK or alive[g]
-        ]
-        return grid_bits(kept)
+        return [first + i for i, g in enumerate(self.groups) if g == NO_MASK or alive[g]]
+
+    def learned_bits(self) -> str:
+        """The layer's bit-width as evaluation uses it: ``"4"``, ``"3"``, ... or ``"T"``."""
+        return grid_bits(self.kept_points())
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Pi of every mask and the bit-width evaluation would use now, ternary counted as
+        log2(3) bits (``lowbit.quant.hooks.StateReporter``)."""
+        bits = self.learned_bits()
+        width = math.log2(3) if bits == "T" else float(bits)
+        return {"keep_probability": self.keep_probability().detach(),
+                "learned_bits": torch.tensor(width)}
 
     def extra_repr(self) -> str:
         text = f"bits={self.bits}, design={self.design!r}"

@@ -7,6 +7,10 @@ so the question a collector asks of a module is "does it offer this hook", which
 ``isinstance(module, Hook)`` answers for one hook at a time. A quantizer gains a hook by
 defining the method; nothing registers it.
 
+``StateReporter`` and ``GridReporter`` are read, never called for their effect: the training
+dynamics (``lowbit.train.dynamics``) sample them every few steps and ``lowbit plot`` draws
+what they report. Neither may change the quantizer or draw random numbers.
+
 ``WeightSized`` is offered to the quantized layer rather than the loop: the layer calls it
 once, when it is built, so that parameters whose size depends on the weight exist with their
 final shape before any optimizer or DistributedDataParallel wrapper is made.
@@ -14,7 +18,7 @@ final shape before any optimizer or DistributedDataParallel wrapper is made.
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import torch
 
@@ -44,6 +48,34 @@ class BitLearner(Protocol):
     def learned_bits(self) -> str:
         """The bit-width learned for the layer the module belongs to (``"3"``, or ``"T"``
         for ternary)."""
+
+
+class GridView(NamedTuple):
+    """A tensor as a quantizer sees it: ``units`` (the tensor divided by the quantizer's
+    scale, per channel where the scale is; a weight-normalizing quantizer's normalized
+    tensor, APoT Eq. 9), the sorted 1-D ``levels`` it rounds ``units`` to the nearest of
+    (its ends are where it clips), and ``scale``, which maps both back to the quantizer's own
+    domain (broadcasts against ``units``)."""
+
+    units: torch.Tensor
+    levels: torch.Tensor
+    scale: torch.Tensor
+
+
+@runtime_checkable
+class StateReporter(Protocol):
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Learned state worth following during training, detached: named scalars or short
+        vectors (``alpha``, ``step``, ``sigma``, ``keep_probability``...); ``{}`` when it has
+        none yet (a step not initialized from data)."""
+
+
+@runtime_checkable
+class GridReporter(Protocol):
+    def grid_view(self, x: torch.Tensor) -> GridView | None:
+        """``x``, a tensor this quantizer quantizes, on the quantizer's grid of nearest-level
+        rounding (``GridView``); ``None`` when it has no such grid yet (a step not
+        initialized from data)."""
 
 
 @runtime_checkable

@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from lowbit.quant.hooks import GridView
 from lowbit.quant.precision import float32_compute
 
 
@@ -41,6 +42,20 @@ class MaxScaleQuantizer(nn.Module):
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         return max_scaled_quantize(w, self.bits)
+
+    @torch.no_grad()
+    def grid_view(self, w: torch.Tensor) -> GridView | None:
+        """``w / max(W)`` on the levels ``k / (2**(bits-1) - 1)`` from the lowest code the
+        weight uses up to 1 (nothing is clipped) (``lowbit.quant.hooks.GridReporter``);
+        ``None`` for a weight without a positive value (no scale)."""
+        scale = w.max()
+        if not scale > 0:
+            return None
+        steps = 2 ** (self.bits - 1) - 1
+        units = w / scale
+        lowest = int(torch.round(units.min() * steps))
+        codes = torch.arange(lowest, steps + 1, device=w.device, dtype=w.dtype)
+        return GridView(units, codes / steps, scale)
 
     def extra_repr(self) -> str:
         return f"bits={self.bits}"

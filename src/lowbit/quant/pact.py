@@ -20,6 +20,7 @@ from torch import nn
 from lowbit.errors import LowbitError, require_positive
 from lowbit.quant import native
 from lowbit.quant.bit_widths import Switchable, nearest_index
+from lowbit.quant.hooks import GridView
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.ste import clip_backward
 
@@ -155,6 +156,19 @@ class PACTQuantizer(Switchable):
         return pact_quantize(
             x, self.current_alpha(), self.bits, self.signed, self.alpha_gradient
         )
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Alpha, one per bit-width when switchable (``lowbit.quant.hooks.StateReporter``)."""
+        return {"alpha": self.alpha.detach().abs()}
+
+    @torch.no_grad()
+    def grid_view(self, x: torch.Tensor) -> GridView:
+        """``x / alpha`` on the levels ``k / steps`` at the current bits, ``k`` from 0 (from
+        ``-steps`` when signed) to ``steps`` (``lowbit.quant.hooks.GridReporter``)."""
+        alpha = self.current_alpha().detach()
+        steps = _steps(self.bits, self.signed)
+        codes = torch.arange(-steps if self.signed else 0, steps + 1, device=x.device)
+        return GridView(x / alpha, codes.to(x.dtype) / steps, alpha)
 
     def extra_repr(self) -> str:
         switch = f", bit_widths={list(self.bit_widths)}" if self.bit_widths else ""

@@ -14,6 +14,7 @@ from torch import nn
 from lowbit.errors import LowbitError
 from lowbit.quant.apot import RCFQuantizer
 from lowbit.quant.dorefa import DoReFaWeightQuantizer
+from lowbit.quant.lloyd import LloydQuantizer
 from lowbit.quant.maxscale import MaxScaleQuantizer
 from lowbit.quant.pact import PACTQuantizer
 from lowbit.quant.rq import RQQuantizer
@@ -104,32 +105,41 @@ def methods_with(capability: str) -> list[str]:
     return [name for name in available_methods() if getattr(_METHODS[name], capability)]
 
 
-def _rcf_input(level_set: str, bits: int, signed: bool = False, **options) -> RCFQuantizer:
-    return RCFQuantizer(level_set, bits, signed, **{"alpha": 8.0, **options})
+def _rcf_input(
+    quantizer: QuantizerFactory, bits: int, signed: bool = False, **options
+) -> RCFQuantizer:
+    return quantizer(bits, signed, **{"alpha": 8.0, **options})
 
 
-def _rcf_method(level_set: str, summary: str) -> Method:
+def _rcf_method(
+    level_set: str, summary: str, quantizer: QuantizerFactory | None = None,
+    export_grid: bool = True,
+) -> Method:
     # APoT §4.2 CIFAR init: alpha 3.0 on normalized weights, 8.0 on activations. Weights get
     # the identity gradient (§2.5). First and last layers: 8-bit weights at steps of max(W),
     # inputs float, as the APoT authors' code does them (APoT §4: "8-bit").
+    # ``quantizer(bits, signed, **options)``: RCF on the named level set unless given.
+    quantizer = quantizer or partial(RCFQuantizer, level_set)
     return Method(
         name=level_set,
         weight_quantizer=partial(
-            RCFQuantizer, level_set, signed=True, alpha=3.0, normalize=True,
-            clip_input_gradient=False,
+            quantizer, signed=True, alpha=3.0, normalize=True, clip_input_gradient=False,
         ),
-        input_quantizer=partial(_rcf_input, level_set),
+        input_quantizer=partial(_rcf_input, quantizer),
         min_bits=2,
         max_bits=8,
         summary=summary,
         first_last_method="maxscale",
-        export_grid=True,
+        export_grid=export_grid,
     )
 
 
 register_method(_rcf_method("apot", "APoT: additive powers-of-two levels, RCF, weight norm"))
 register_method(_rcf_method("pot", "powers-of-two levels, RCF, weight norm (APoT Table 3)"))
 register_method(_rcf_method("uniform", "uniform levels, RCF, weight norm (APoT Table 3)"))
+# Float levels: no integer grid to export, float multiplications (APoT Table 3's 1.81G).
+register_method(_rcf_method("lloyd", "Lloyd-Max levels refit to the data, RCF, weight norm "
+                            "(APoT Table 3)", LloydQuantizer, export_grid=False))
 register_method(Method("uniq", uniq_weight_quantizer, uniq_input_quantizer, 1, 8,
                        "UniQ: symmetric levels, learned step, MSE-optimal init, down to 1 bit",
                        export_grid=True))
@@ -137,25 +147,28 @@ register_method(Method("lsq", lsq_weight_quantizer, lsq_input_quantizer, 2, 8,
                        "LSQ: two's-complement levels, learned step, 2E|x|/sqrt(Q_P) init",
                        export_grid=True))
 register_method(Method("rq", RQQuantizer, partial(RQQuantizer, signed=False), 2, 8,
-                       "RQ: Gumbel-softmax over a logistic-noise grid; anneal=True for App. F"))
+                       "RQ: Gumbel-softmax over a logistic-noise grid; anneal=True for App. F",
+                       export_grid=True))
 register_method(Method("srq", SRQQuantizer, partial(SRQQuantizer, signed=False), 2, 8,
-                       "SRQ: mode of the grid categorical, multi-class straight-through"))
+                       "SRQ: mode of the grid categorical, multi-class straight-through",
+                       export_grid=True))
 register_method(Method("srq-dropbits", partial(SRQQuantizer, masks="bitwise"),
                        partial(SRQQuantizer, signed=False), 2, 8,
-                       "SRQ + DropBits masks on weights; l0_lambda>0 learns bit-widths"))
+                       "SRQ + DropBits masks on weights; l0_lambda>0 learns bit-widths",
+                       export_grid=True))
 register_method(Method("maxscale", MaxScaleQuantizer, None, 2, 16,
                        "weights rounded to steps of max(W)/(2^(b-1)-1), inputs float (APoT "
                        "authors' first/last layers)", export_grid=True))
 register_method(Method("dorefa", DoReFaWeightQuantizer,
                        partial(PACTQuantizer, alpha=1.0, learn_alpha=False), 2, 8,
                        "DoReFa: tanh-normalized weights (UniQ Eq. 2), inputs clipped to [0, 1]",
-                       switchable=True))
+                       switchable=True, export_grid=True))
 register_method(Method("pact", DoReFaWeightQuantizer, PACTQuantizer, 2, 8,
                        "PACT: learned clipping level alpha on inputs, DoReFa weights",
-                       switchable=True))
+                       switchable=True, export_grid=True))
 # CoQuant's tables come from AdaBits' code: its "modified" weight rounding and autograd's alpha
 # gradient through its PACT formula.
 register_method(Method("coquant", partial(DoReFaWeightQuantizer, scheme="modified"),
                        partial(PACTQuantizer, alpha_gradient="adabits"), 2, 8,
                        "CoQuant/AdaBits: nested DoReFa bins, PACT; adaptive.bits switches",
-                       switchable=True))
+                       switchable=True, export_grid=True))

@@ -218,7 +218,8 @@ class RQQuantizer(LogisticGrid):
     ``temperature`` is the Gumbel-softmax tau (default 1.0). ``anneal=True`` uses App. F's
     ``tau = max(0.5, c exp(-t / 1e5))``, updated every 1000 iterations, ``c = temperature``
     or by default 1 at 3 bits and 2 at 4 bits (1 otherwise); t counts training forwards in
-    the ``step`` buffer, so a resumed run continues the schedule.
+    the ``step`` buffer, so a resumed run continues the schedule. ``ternary=True``: the 2-bit
+    weight grid ``alpha {-1, 0, 1}``.
     """
 
     def __init__(
@@ -229,8 +230,9 @@ class RQQuantizer(LogisticGrid):
         temperature: float | None = None,
         anneal: bool = False,
         delta: float = 3.0,
+        ternary: bool = False,
     ) -> None:
-        super().__init__(bits, signed, alpha)
+        super().__init__(bits, signed, alpha, ternary)
         if temperature is not None:
             require_positive(temperature, "temperature")
         require_positive(delta, "delta (window half-width in sigmas)")
@@ -245,6 +247,11 @@ class RQQuantizer(LogisticGrid):
             return self.start_temperature
         t = int(self.step) // ANNEAL_EVERY * ANNEAL_EVERY
         return max(MIN_TEMPERATURE, self.start_temperature * math.exp(-t / ANNEAL_SCALE))
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """Alpha, sigma and the temperature of the next training forward."""
+        state = super().training_state()
+        return {**state, "temperature": torch.tensor(self.temperature())} if state else state
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._start(x)

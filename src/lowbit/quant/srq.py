@@ -22,9 +22,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from lowbit.errors import LowbitError
+from lowbit.errors import LowbitError, require_positive
 from lowbit.quant import native
 from lowbit.quant.dropbits import NO_MASK, DropBitsMasks, Run, mask_runs
+from lowbit.quant.gumbel_ste import gumbel_multiclass_quantize
 from lowbit.quant.logistic_grid import LogisticGrid, in_layout_of
 from lowbit.quant.precision import float32_compute
 
@@ -66,6 +67,8 @@ def srq_argmax(
     return best_k
 
 
+# How SRQ's training forward picks a grid point: the mode (Eq. 3) or App. E's Gumbel sample.
+SAMPLINGS = ("mode", "gumbel")
 # Elements per step of the eager SRQ backward: its ~20 temporaries stay a few MiB however large
 # the tensor (the forward saves x and one-byte grid indices only).
 SRQ_CHUNK = 1 << 18
@@ -399,7 +402,13 @@ class SRQQuantizer(LogisticGrid):
     nearest grid point whose level is kept (``DropBitsMasks.alive``).
 
     ``signed`` picks the grid: ``alpha [-2^(b-1), 2^(b-1)-1]`` (weights, or layer inputs that
-    take negative values) or ``alpha [0, 2^b-1]`` (inputs after a ReLU, §3.1).
+    take negative values) or ``alpha [0, 2^b-1]`` (inputs after a ReLU, §3.1); ``ternary=True``
+    the 2-bit weight grid ``alpha {-1, 0, 1}`` (Table 3's "T"), whose points DropBits never
+    masks (§3.3), so it has no masks.
+
+    ``sampling="gumbel"`` trains with App. E's ablation instead of the mode: a hard
+    Gumbel-softmax sample at ``temperature`` (Eq. 2) with the multi-class straight-through
+    gradient (Eq. 3; ``lowbit.quant.gumbel_ste``), without masks.
     """
 
     def __init__(
@@ -410,8 +419,26 @@ class SRQQuantizer(LogisticGrid):
         masks: str | None = None,
         l0_lambda: float = 0.0,
         l0_fraction: float = 0.5,
+        ternary: bool = False,
+        sampling: str = "mode",
+        temperature: float = 1.0,
     ) -> None:
-        super().__init__(bits, signed, alpha)
+        super().__init__(bits, signed, alpha, ternary)
+        if sampling not in SAMPLINGS:
+            raise LowbitError(f"sampling must be one of {SAMPLINGS}, got {sampling!r}")
+        require_positive(temperature, "temperature")
+        if ternary:
+            masks = None  # only the never-masked points -1, 0, 1 are left
+            if l0_lambda != 0:
+                raise LowbitError(
+                    "a ternary grid has no bit level to learn; drop l0_lambda for this layer"
+                )
+        if sampling == "gumbel" and masks is not None:
+            raise LowbitError(
+                "sampling='gumbel' (App. E) replaces DropBits' masks; use method srq, or "
+                "set masks: null"
+            )
+        self.sampling, self.temperature = sampling, float(temperature)
         if masks is not None and not signed:
             raise LowbitError(
                 "DropBits masks apply to weights only (signed grids); remove masks from the "
@@ -424,11 +451,25 @@ class SRQQuantizer(LogisticGrid):
         self.masks = None if masks is None else DropBitsMasks(bits, masks, l0_lambda, l0_fraction)
         self.runs = [(self.lo, self.hi, NO_MASK)] if masks is None else mask_runs(bits, masks)
 
+    def grid_points(self) -> list[int]:
+        """The grid integers evaluation rounds to: those whose DropBits level is kept."""
+        return super().grid_points() if self.masks is None else self.masks.kept_points()
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._start(x)
+        if self.sampling == "gumbel" and self.training:
+            return gumbel_multiclass_quantize(
+                x, self.alpha.to(x.dtype), self.sigma.to(x.dtype), self.lo, self.hi,
+                self.temperature,
+            )
         if self.masks is None:
             return semi_relaxed_quantize(x, self.alpha, self.sigma, self.runs)
         gates = self.masks.gates()
         if not self.training and bool(gates.eq(1).all()):  # every level kept: the full grid
             return semi_relaxed_quantize(x, self.alpha, self.sigma, [(self.lo, self.hi, NO_MASK)])
         return semi_relaxed_quantize(x, self.alpha, self.sigma, self.runs, gates)
+
+    def extra_repr(self) -> str:
+        if self.sampling == "mode":
+            return super().extra_repr()
+        return f"{super().extra_repr()}, sampling={self.sampling}, temperature={self.temperature:g}"

@@ -25,6 +25,7 @@ from torch.nn.parameter import UninitializedParameter, is_lazy
 
 from lowbit.errors import LowbitError
 from lowbit.quant import native
+from lowbit.quant.hooks import GridView
 from lowbit.quant.init import lsq_step, mse_activation_step, mse_weight_step
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.ste import clip_backward
@@ -316,6 +317,23 @@ class LearnedStepQuantizer(nn.Module):
             else:
                 self.initialized, self._calibrating = True, False
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def training_state(self) -> dict[str, torch.Tensor]:
+        """The step size, the mean over channels when kernel-wise
+        (``lowbit.quant.hooks.StateReporter``); none before it is initialized."""
+        return {"step": self.step.detach().mean()} if self.initialized else {}
+
+    @torch.no_grad()
+    def grid_view(self, x: torch.Tensor) -> GridView | None:
+        """``x / step`` on the codes ``q_min .. q_max`` (``lowbit.quant.hooks.GridReporter``);
+        ``None`` before the step is initialized."""
+        if not self.initialized:
+            return None
+        step = self.step.detach()
+        if step.dim() == 1:
+            step = step.view(-1, *([1] * (x.dim() - 1)))
+        codes = torch.arange(self.q_min, self.q_max + 1, device=x.device, dtype=x.dtype)
+        return GridView(x / step, codes, step)
 
     def extra_repr(self) -> str:
         channel = ", per_channel" if self.per_channel else ""

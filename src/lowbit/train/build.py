@@ -66,6 +66,7 @@ def quantize_from_config(model: nn.Module, config: RunConfig | Mapping[str, Any]
         "weight_options": dict(config.weight_options),
         "input_options": dict(config.input_options),
         "float_downsample": config.float_downsample,
+        "quantize_inputs": config.quantize_inputs,
     }
     if config.adaptive is not None:  # one network for every bit-width in adaptive.bits
         return make_adaptive(

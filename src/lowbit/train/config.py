@@ -45,6 +45,7 @@ DEFAULTS: dict[str, Any] = {
     "bits": 4,
     "first_last_bits": 8,
     "float_downsample": False,  # keep strided 1x1 convs (residual downsampling) float
+    "quantize_inputs": True,  # false: weights only, layer inputs float (APoT App. B Table 4)
     "overrides": {},
     "weight_options": {},
     "input_options": {},
@@ -78,6 +79,9 @@ DEFAULTS: dict[str, Any] = {
     },
     "label_smoothing": 0.0,
     "progress_seconds": 10,  # off a terminal: one progress line per this many seconds
+    # Training dynamics (lowbit.train.dynamics): every quantizer's state sampled every this many
+    # steps into metrics.jsonl (and TensorBoard); null = about 50 samples a stage, 0 = off.
+    "dynamics_every": None,
     # Speed: amp "bf16" runs forward and loss under bf16 autocast (quantizers compute in
     # float32), null in float32; channels_last stores conv activations NHWC (GPUs); compile
     # trains a torch.compile'd model (single bit-width runs).
@@ -129,6 +133,7 @@ NUMBERS = (
     ("data.eval_limit", True, 1, True, True),
     ("max_steps", True, 1, True, True),
     ("progress_seconds", False, 0, False, False),
+    ("dynamics_every", True, 0, True, True),
     ("float_epochs", True, 0, True, False),
     ("epochs", True, 0, True, False),
     ("calibrate_batches", True, 0, True, False),
@@ -157,7 +162,7 @@ NUMBER_LISTS = (
 
 # Settings that are true or false.
 FLAGS = (
-    "float_downsample", "channels_last", "compile", "data.skip_bad_files",
+    "float_downsample", "quantize_inputs", "channels_last", "compile", "data.skip_bad_files",
     "optimizer.nesterov", "float_optimizer.nesterov",
 )
 

@@ -10,13 +10,14 @@ from torch import nn
 
 from lowbit.errors import LowbitError
 from lowbit.nn.calibrate import calibrate
-from lowbit.quant.hooks import BitLearner, ProgressFollower, Regularizer
+from lowbit.quant.hooks import BitLearner, ProgressFollower, Regularizer, StateReporter
 
 
 class QuantizerHooks:
     """The hooks of every module of ``model``, found once at construction (quantize first):
     ``calibrate`` before training, ``set_progress`` before each step,
-    ``regularization_loss`` added to each step's loss, ``learned_bits`` at the end."""
+    ``regularization_loss`` added to each step's loss, ``learned_bits`` at the end;
+    ``training_state`` whenever the training dynamics are sampled."""
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -24,6 +25,7 @@ class QuantizerHooks:
         self.progress = [m for _, m in modules if isinstance(m, ProgressFollower)]
         self.regularizers = [m for _, m in modules if isinstance(m, Regularizer)]
         self.bit_learners = [(name, m) for name, m in modules if isinstance(m, BitLearner)]
+        self.reporters = [(name, m) for name, m in modules if isinstance(m, StateReporter)]
 
     def calibrate(self, batches: Iterable, n: int) -> int:
         """Show the quantizers up to ``n`` batches (``(inputs, ...)`` or ``inputs``) so that
@@ -49,6 +51,13 @@ class QuantizerHooks:
             name.split(".weight_quantizer")[0]: module.learned_bits()
             for name, module in self.bit_learners
         }
+
+
+    def training_state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """What each quantizer (or module inside one) learns, keyed by its module name, as
+        it is now (``lowbit.train.dynamics`` samples it); modules with nothing yet left out."""
+        states = ((name, module.training_state()) for name, module in self.reporters)
+        return {name: state for name, state in states if state}
 
 
 def learned_bits(model: nn.Module) -> dict[str, str]:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from itertools import islice
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -11,6 +12,9 @@ from torch import nn
 
 from lowbit.train.hooks import QuantizerHooks
 from lowbit.train.progress import LOG_INTERVAL_SECONDS, Progress
+
+if TYPE_CHECKING:
+    from lowbit.train.dynamics import DynamicsSampler
 
 # A training objective other than cross-entropy on ``model(images)`` (CoQuant's joint loss):
 # ``objective(images, labels, progress) -> (loss, logits)``, ``progress`` the fraction of
@@ -34,6 +38,7 @@ def train_one_epoch(
     amp: torch.dtype | None = None,
     steps: int | None = None,
     progress_seconds: float = LOG_INTERVAL_SECONDS,
+    dynamics: DynamicsSampler | None = None,
 ) -> dict[str, float]:
     """Train for one epoch; returns mean loss and top-1 on the training batches.
 
@@ -41,9 +46,11 @@ def train_one_epoch(
     quantizers' regularization is added either way. ``amp`` (e.g. ``torch.bfloat16``) runs
     the forward and the loss under autocast. ``steps`` ends the epoch after that many
     batches (``max_steps``; ``None``: the whole loader), and schedules count epochs of that
-    length.
+    length. ``dynamics`` samples the quantizers on the steps it says are due (their step
+    counted over the whole stage).
 
-    Running sums stay on the device (no per-step ``.item()``), so the loop never waits on it.
+    Running sums stay on the device (no per-step ``.item()``), so the loop never waits on it;
+    only a sampled step reads back its values.
     """
     model.train()
     loader.set_epoch(epoch)
@@ -53,9 +60,15 @@ def train_one_epoch(
     seen = 0
     report = Progress(islice(loader, steps), desc, steps, show_progress, progress_seconds)
     for step, (images, labels) in enumerate(report):
-        progress = (epoch * steps + step) / (epochs * steps)
+        stage_step = epoch * steps + step
+        progress = stage_step / (epochs * steps)
         hooks.set_progress(progress)
-        with torch.autocast(images.device.type, dtype=amp, enabled=amp is not None):
+        sampled = dynamics is not None and dynamics.due(stage_step)
+        if sampled:
+            lr = scheduler.get_last_lr()[0]  # the lr of this step
+        with dynamics.watch() if sampled else nullcontext(), torch.autocast(
+            images.device.type, dtype=amp, enabled=amp is not None
+        ):
             if objective is None:
                 logits = model(images)
                 loss = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
@@ -66,6 +79,8 @@ def train_one_epoch(
         loss.backward()
         optimizer.step()
         scheduler.step()
+        if sampled:
+            dynamics.record(stage_step, epoch + 1, loss, lr)
         if loss_sum.device != loss.device:
             loss_sum, correct = loss_sum.to(loss.device), correct.to(loss.device)
         loss_sum = loss_sum + loss.detach() * labels.numel()

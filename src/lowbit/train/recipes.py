@@ -139,6 +139,15 @@ def paper_top1(paper: Any) -> float | None:
     return None
 
 
+def reproduction_top1(paper: Any) -> float | None:
+    """An independent reproduction's own top-1 for the same row, from the ``paper`` entry's
+    ``reproduction`` mapping (``source``, ``table``, ``top1``: e.g. the APoT reproducibility
+    report's result beside the APoT paper's), when it gives one."""
+    if isinstance(paper, dict):
+        return paper_top1(paper.get("reproduction"))
+    return None
+
+
 def paper_label(paper: Any) -> str:
     """``"APoT (Li et al., ICLR 2020) Table 2: ResNet-20, APoT, 4 bits"`` from a ``paper``
     entry (a free-form string is shown as it is)."""
@@ -160,7 +169,10 @@ def describe_packaged() -> list[tuple[str, str, str]]:
             found.append(("sweep", name, " -> ".join(str(row) for row in rows)))
         else:
             paper = content.get("paper") if isinstance(content, dict) else None
-            top1 = paper_top1(paper)
+            top1, reproduced = paper_top1(paper), reproduction_top1(paper)
             number = f"  top-1 {top1}" if top1 is not None else ""
+            number += f" (reproduction {reproduced})" if reproduced is not None else ""
+            if isinstance(paper, dict) and paper.get("delta_b") is not None:
+                number += f"  Delta_B {paper['delta_b']}%"
             found.append(("recipe", name, paper_label(paper) + number))
     return found

@@ -1,6 +1,8 @@
 """A training run: data, model, optional float pre-training, quantization, fine-tuning.
 
-One run is one directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch),
+One run is one directory: ``config.yaml`` (resolved), ``metrics.jsonl`` (one line per epoch
+and per sampled step: ``lowbit.train.metrics``; with the tensorboard package also
+``tensorboard/``),
 ``last.pt`` (after every epoch, atomic), ``best.pt``, ``float.pt`` (end of float
 pre-training) and ``summary.json``. ``resume(run_dir)`` continues from ``last.pt``; every
 epoch reseeds from ``(seed, stage, epoch)``, so a resumed run ends bitwise equal to an
@@ -44,8 +46,10 @@ from lowbit.train.checks import (
 from lowbit.train.config import parse_override
 from lowbit.train.distributed import ProcessGroup
 from lowbit.train.hooks import learned_bits
+from lowbit.train.metrics import METRICS, trim_to_checkpoint
 from lowbit.train.run_config import RunConfig
 from lowbit.train.stage import STAGES, run_stage
+from lowbit.train.tensorboard import TensorBoardLog
 
 logger = logging.getLogger("lowbit")
 
@@ -92,11 +96,26 @@ class Run:
     group: ProcessGroup
     data: DataBundle
     state: RunState
+    board: TensorBoardLog | None = None  # the current stage's, with the tensorboard package
 
     def log(self, record: dict[str, Any]) -> None:
         if self.run_dir is not None:
-            with open(self.run_dir / "metrics.jsonl", "a") as f:
+            with open(self.run_dir / METRICS, "a") as f:
                 f.write(json.dumps(record) + "\n")
+            if self.board is not None:
+                self.board.write(record)
+
+    def start_stage_log(self, stage: str, first_step: int) -> None:
+        """Send the records of ``stage``, resumed at ``first_step``, to its TensorBoard
+        directory too (rank 0, when the tensorboard package is installed)."""
+        self.close_log()
+        if self.run_dir is not None:
+            self.board = TensorBoardLog.open(self.run_dir, stage, first_step)
+
+    def close_log(self) -> None:
+        if self.board is not None:
+            self.board.close()
+            self.board = None
 
     def save(self, name: str, payload: dict[str, Any]) -> None:
         if self.run_dir is not None:
@@ -142,12 +161,16 @@ def _train(config: RunConfig, run_dir: Path | None, group: ProcessGroup) -> dict
         if run_dir is not None and (run_dir / "last.pt").exists():  # resumed: every rank loads
             checkpoint = load_checkpoint(run_dir / "last.pt", map_location=device)
             run.state = RunState(**checkpoint["run_state"])
+            if run.run_dir is not None:  # what the stopped process logged after last.pt
+                trim_to_checkpoint(run.run_dir, run.state.stage, run.state.epoch)
         if run.run_dir is not None:
             logger.info("run directory: %s", run.run_dir)
         model = _train_stages(run, checkpoint)
     except BaseException as error:
+        run.close_log()  # before a directory without a checkpoint is removed
         _record_failure(run, error, created)
         raise
+    run.close_log()
     return _write_summary(run, learned_bits(model))
 
 

@@ -94,6 +94,7 @@ class RunConfig:
     bits: int | None
     first_last_bits: int | None
     float_downsample: bool
+    quantize_inputs: bool  # False: weights only
     overrides: Mapping[str, Any]
     weight_options: Mapping[str, Any]
     input_options: Mapping[str, Any]
@@ -109,6 +110,7 @@ class RunConfig:
     schedule: ScheduleConfig
     label_smoothing: float
     progress_seconds: float
+    dynamics_every: int | None  # None: about dynamics.DYNAMICS_SAMPLES samples a stage; 0: off
     amp: str | None
     channels_last: bool
     compile: bool
@@ -164,8 +166,9 @@ class RunConfig:
 # Top-level keys that are plain values.
 SCALARS = (
     "paper", "seed", "device", "out", "method", "bits", "first_last_bits", "float_downsample",
+    "quantize_inputs",
     "init", "float_epochs", "float_lr", "epochs", "max_steps", "calibrate_batches",
-    "label_smoothing", "progress_seconds", "amp", "channels_last", "compile",
+    "label_smoothing", "progress_seconds", "dynamics_every", "amp", "channels_last", "compile",
 )
 
 

@@ -1,7 +1,9 @@
 """One stage of a run (float pre-training or quantized training), epoch by epoch.
 
 Each epoch trains, evaluates the validation split (when the run holds one out) and the test
-split, appends a line to ``metrics.jsonl`` and writes ``last.pt``. ``best.pt`` is the
+split, appends a line to ``metrics.jsonl`` and writes ``last.pt``; sampled steps add their
+quantizers' state (``lowbit.train.dynamics``), and with the tensorboard package installed
+every record also goes to ``tensorboard/<stage>/``. ``best.pt`` is the
 quantized epoch with the best validation top-1; without a validation split it is the last
 epoch, so the test split never chooses a checkpoint.
 """
@@ -21,6 +23,7 @@ from lowbit.adaptive.evaluation import evaluate_adaptive
 from lowbit.train import distributed
 from lowbit.train.build import stage_optimizer
 from lowbit.train.checks import amp_dtype
+from lowbit.train.dynamics import DynamicsSampler, sampling_interval
 from lowbit.train.loop import evaluate, train_one_epoch
 from lowbit.train.optim import build_scheduler
 from lowbit.train.run_config import RunConfig
@@ -85,6 +88,14 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
     trained, objective = _trained_model(run, model, stage)
     adaptive = objective is not None
     label = "float" if stage == "float" else f"{config.method} {config.bits_label}-bit"
+    dynamics = None
+    if run.run_dir is not None:  # rank 0
+        every = sampling_interval(config.dynamics_every, epochs * steps)
+        dynamics = DynamicsSampler.for_model(
+            model, every, run.log, fields={"stage": stage}, watch_inputs=not config.compile
+        )
+    # Epochs and sampled steps go to metrics.jsonl (and TensorBoard) through run.log.
+    run.start_stage_log(stage, state.epoch * steps)
     for epoch in range(state.epoch, epochs):
         torch.manual_seed(config.seed * 1000 + STAGES.index(stage) * 100 + epoch)
         start = time.perf_counter()
@@ -93,7 +104,7 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
             trained, data.train, optimizer, scheduler, epoch, epochs,
             config.label_smoothing, desc=desc, show_progress=run.group.is_main,
             objective=objective, amp=amp_dtype(config), steps=steps,
-            progress_seconds=config.progress_seconds,
+            progress_seconds=config.progress_seconds, dynamics=dynamics,
         )
         val_metrics = None
         if data.val is not None:
@@ -105,7 +116,8 @@ def run_stage(run: Run, model: nn.Module, stage: str, epochs: int, lr: float, ch
         val_record = {f"val_{k}": v for k, v in (val_metrics or {}).items()}
         run.log(
             {
-                "stage": stage, "epoch": epoch + 1, "lr": scheduler.get_last_lr()[0],
+                "kind": "epoch", "stage": stage, "epoch": epoch + 1, "step": (epoch + 1) * steps,
+                "lr": scheduler.get_last_lr()[0],
                 **train_metrics, **val_record, **test_metrics, "seconds": round(seconds, 3),
             }
         )

@@ -35,7 +35,13 @@ from lowbit.files import atomic_write
 from lowbit.quant.registry import get_method
 from lowbit.train.checks import check_config
 from lowbit.train.config import resolve_config
-from lowbit.train.recipes import find_recipe, paper_label, paper_top1, read_yaml
+from lowbit.train.recipes import (
+    find_recipe,
+    paper_label,
+    paper_top1,
+    read_yaml,
+    reproduction_top1,
+)
 from lowbit.train.run import run_training
 from lowbit.train.run_config import RunConfig
 
@@ -185,6 +191,7 @@ def _record(name: str, config: RunConfig, run_dir: Path) -> dict[str, Any]:
         "bits": bits_label(config),
         "paper": config.paper,
         "paper_top1": paper_top1(config.paper),
+        "reproduction_top1": reproduction_top1(config.paper),
         "top1": None,
         "delta": None,
         "error": None,
@@ -258,22 +265,27 @@ def _one_line(error: BaseException) -> str:
 
 
 def format_table(records: Sequence[dict[str, Any]], title: str) -> str:
-    """Markdown in the papers' layout: model, bits (W/A), paper top-1, ours, difference."""
+    """Markdown in the papers' layout: model, bits (W/A), paper top-1, a reproduction's top-1
+    (the row's ``paper.reproduction``), ours, difference."""
     lines = [
         f"# {title}",
         "",
-        "Top-1 (%) on the test split; Δ = ours − paper.",
+        "Top-1 (%) on the test split; Δ = ours − paper; reproduction: an independent rerun's own "
+        "result for the same row (e.g. the APoT reproducibility report's).",
         "",
-        "| row | model | data | W/A | paper top-1 | ours top-1 | Δ | paper row |",
-        "| --- | --- | --- | --- | ---: | ---: | ---: | --- |",
+        "| row | model | data | W/A | paper top-1 | reproduction top-1 | ours top-1 | Δ "
+        "| paper row |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in records:
         paper = "-" if r["paper_top1"] is None else str(r["paper_top1"])
+        reproduction = "-" if r["reproduction_top1"] is None else str(r["reproduction_top1"])
         ours = f"{r['top1']:.2f}" if r["status"] == "done" else r["status"]
         delta = "-" if r["delta"] is None else f"{r['delta']:+.2f}"
         source = paper_label(r["paper"]).replace("|", "/") or "-"
         lines.append(
-            f"| {r['name']} | {r['model']} | {r['data']} | {r['bits']} | {paper} | {ours} "
+            f"| {r['name']} | {r['model']} | {r['data']} | {r['bits']} | {paper} "
+            f"| {reproduction} | {ours} "
             f"| {delta} | {source} |"
         )
     failed = [r for r in records if r["status"] == "failed"]
