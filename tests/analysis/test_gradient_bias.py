@@ -64,3 +64,12 @@ def test_every_method_covers_the_grid_and_half_a_cell_beyond(points):
         xs = sorted(p.x for p in points if p.method == method)
         assert xs[0] == LO - 0.5 and xs[-1] == HI + 0.5
         assert all(math.isfinite(p.bias) for p in points if p.method == method)
+
+
+def test_diagnose_saves_fig8(tmp_path, capsys):
+    pytest.importorskip("matplotlib", reason="the plot extra is not installed")
+    from lowbit.cli import main
+
+    path = tmp_path / "fig8.png"
+    assert main(["diagnose", "--bits", "2", "--samples", "20", "--gradient-bias", str(path)]) == 0
+    assert path.read_bytes().startswith(b"\x89PNG") and "Fig. 8 saved" in capsys.readouterr().out

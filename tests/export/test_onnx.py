@@ -89,8 +89,13 @@ def test_every_quantized_convolution_consumes_integer_codes(method, trained_like
     metadata = read_metadata(path)
     assert len(integer) == len(metadata["integer_layers"]) == (21 if method == "lsq" else 20)
     for node in integer:
-        assert len(node.input) == 2  # zero points 0
-        assert types[node.input[0]] in EIGHT_BIT and types[node.input[1]] in EIGHT_BIT
+        if node.op_type == "ConvInteger":  # int8 inputs, uint8 weights: the fast type pair
+            assert len(node.input) == 4  # with their zero points
+            assert types[node.input[0]] == onnx.TensorProto.INT8
+            assert types[node.input[1]] == onnx.TensorProto.UINT8
+        else:
+            assert len(node.input) == 2  # zero points 0
+            assert types[node.input[0]] in EIGHT_BIT and types[node.input[1]] in EIGHT_BIT
         assert producer[node.input[0]].op_type == "Cast"
         decode = producer.get(node.input[1])  # Gather(table, Cast(UINT4 indices)), 4-bit grids
         if decode is None:
