@@ -16,6 +16,7 @@ import torch
 from refeq_relaxed import F64, grid_integers, gumbel_multiclass_gradients
 
 from lowbit.quant.gumbel_ste import gumbel_multiclass_formula
+from lowbit.quant.noise import counter_uniforms, element_counters
 from lowbit.quant.srq import SRQQuantizer
 
 ALPHA, SIGMA, TAU = 2.0**-3, 0.4 * 2.0**-3, 1.0
@@ -60,8 +61,9 @@ def test_quantizer_draws_the_noise_it_is_seeded_with():
     torch.manual_seed(7)
     out = quantizer(x_in)
     out.backward(grad_out)
-    torch.manual_seed(7)
-    u = torch.rand(x.shape + (2**bits,), dtype=F64)
+    torch.manual_seed(7)  # the module draws one seed, then the counter-based uniforms
+    seed = int(torch.randint(0, 2**63 - 1, ()))
+    u = counter_uniforms(seed, element_counters(x), 2**bits).to(F64)
     expected = gumbel_multiclass_gradients(x, ALPHA, SIGMA, bits, -torch.log(-torch.log(u)),
                                            TAU, grad_out)
     got = (out.detach(), x_in.grad, quantizer.alpha.grad, quantizer.sigma.grad)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from lowbit.quant.noise import counter_uniforms, element_counters
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.rq import local_window, log_cell_probability
 
@@ -53,10 +54,12 @@ def gumbel_multiclass_formula(
     return grid_point + grid_point * (r_max - r_max.detach())
 
 
-def gumbel_noise(shape: torch.Size, like: torch.Tensor) -> torch.Tensor:
-    """Gumbel(0, 1) samples ``-log(-log u)``, ``u ~ U(0, 1)`` from torch's generator (a
-    ``u`` of exactly 0 gives ``-inf``: that point is never chosen)."""
-    u = torch.rand(shape, dtype=like.dtype, device=like.device)
+def gumbel_noise(x: torch.Tensor, slots: int) -> torch.Tensor:
+    """Gumbel(0, 1) samples ``-log(-log u)`` of shape ``x.shape + (slots,)``, ``u`` from the
+    counter-based source RQ uses (``lowbit.quant.noise``: strictly inside (0, 1), the same
+    numbers on every device) under one seed drawn from torch's generator."""
+    seed = int(torch.randint(0, 2**63 - 1, ()))
+    u = counter_uniforms(seed, element_counters(x), slots).to(x.dtype)
     return u.log_().neg_().log_().neg_()
 
 
@@ -74,5 +77,5 @@ def gumbel_multiclass_quantize(
     and candidate point (the window ``lowbit.quant.rq.local_window`` gives)."""
     points = local_window(x, alpha, sigma, lo, hi, delta)
     return gumbel_multiclass_formula(
-        x, alpha, sigma, points, gumbel_noise(points.shape, x), temperature
+        x, alpha, sigma, points, gumbel_noise(x, points.shape[-1]), temperature
     )
