@@ -36,7 +36,7 @@ class NearestLevel(nn.Module):
         position = x * self.multiplier
         if self.offset != 0:
             position = position - self.offset
-        return self.table[position.clamp(0, self.cells).floor().to(torch.int64)]
+        return self.table[position.clamp(0, self.cells).floor().to(torch.int32)]
 
 
 class DividedNearest(nn.Module):
