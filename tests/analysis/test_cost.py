@@ -162,3 +162,13 @@ def test_conv1d_and_transposed_convs_are_priced():
     lowbit.quantize(model, "lsq", 4, first_last_bits=None, overrides={"3": 4})
     cost = model_cost(model, torch.randn(2, 4, 10))
     assert [layer.weight_bits for layer in cost.layers] == [None, 4]
+
+
+@pytest.mark.parametrize("name", ["resnet18", "preact_resnet18", "preact_resnet34"])
+def test_report_prices_imagenet_zoo_models_at_224(name):
+    """``lowbit report MODEL`` feeds an ImageNet model ImageNet's 224 x 224, not the CIFAR
+    default (UniQ's pre-activation ResNets priced at 32 x 32 showed 37.5M MACs)."""
+    from lowbit.analysis.report import load_model
+
+    _, info = load_model(name)
+    assert info["image_size"] == 224

@@ -22,6 +22,7 @@ from lowbit.train.checkpoint import load_checkpoint
 
 # Input side of the images each zoo model / data set is made for (``--image-size`` overrides).
 MODEL_IMAGE_SIZE = {"resnet18": 224, "resnet34": 224, "resnet50": 224, "mobilenetv2": 224,
+                    "preact_resnet18": 224, "preact_resnet34": 224,
                     "lenet5": 28, "small_cnn": 8}
 DATA_IMAGE_SIZE = {"imagenet": 224, "image_folder": 224, "mnist": 28, "fashion_mnist": 28,
                    "digits": 8}
