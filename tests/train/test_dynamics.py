@@ -57,7 +57,8 @@ def test_grid_statistics_follow_their_definitions():
 
 
 def test_sampling_interval_and_its_validation():
-    assert sampling_interval(None, 40) == 1 and sampling_interval(None, 1000) == 20
+    # About DYNAMICS_SAMPLES (20) samples a stage, never fewer steps apart than one.
+    assert sampling_interval(None, 15) == 1 and sampling_interval(None, 1000) == 50
     assert sampling_interval(7, 1000) == 7 and sampling_interval(0, 1000) == 0
     for bad in ("-1", "2.5", "often"):
         with pytest.raises(LowbitError, match="dynamics_every"):

@@ -80,7 +80,7 @@ DEFAULTS: dict[str, Any] = {
     "label_smoothing": 0.0,
     "progress_seconds": 10,  # off a terminal: one progress line per this many seconds
     # Training dynamics (lowbit.train.dynamics): every quantizer's state sampled every this many
-    # steps into metrics.jsonl (and TensorBoard); null = about 50 samples a stage, 0 = off.
+    # steps into metrics.jsonl (and TensorBoard); null = about 20 samples a stage, 0 = off.
     "dynamics_every": None,
     # Speed: amp "bf16" runs forward and loss under bf16 autocast (quantizers compute in
     # float32), null in float32; channels_last stores conv activations NHWC (GPUs); compile
