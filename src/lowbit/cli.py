@@ -97,6 +97,8 @@ def _eval(args: argparse.Namespace) -> int:
         return _eval_onnx(args)
     if args.checkpoint is None:
         raise LowbitError("give lowbit eval a CHECKPOINT (or --onnx FILE, an exported model)")
+    if (Path(args.checkpoint) / "manifest.json").is_file():
+        return _eval_export(args)
     bits = None if args.bits is None else _bit_list(args.bits)
     individual = None
     if args.individual is not None:
@@ -155,14 +157,33 @@ def _eval_onnx(args: argparse.Namespace) -> int:
     """``lowbit eval --onnx FILE``: the deployed model on onnxruntime, same data options."""
     from lowbit.evaluate import evaluate_onnx
 
-    given = (("CHECKPOINT", args.checkpoint), ("--bits", args.bits),
-             ("--individual", args.individual), ("--calibration-batches", args.calibration_batches))
-    extra = [name for name, value in given if value is not None]
-    if extra:
-        raise LowbitError(f"--onnx evaluates the exported file alone; drop {extra[0]}")
+    _only_data_options(args, "--onnx evaluates the exported file", checkpoint=True)
     result = evaluate_onnx(args.onnx, args.data, args.data_dir, args.batch_size, args.threads)
     print(json.dumps(result) if args.json else _accuracy_line(result))
     return 0
+
+
+def _eval_export(args: argparse.Namespace) -> int:
+    """``lowbit eval EXPORT_DIR``: a ``lowbit export`` directory on the pure-PyTorch deploy
+    runtime (no onnxruntime needed), same data options."""
+    from lowbit.evaluate import evaluate_export
+
+    _only_data_options(args, "an export directory is evaluated", checkpoint=False)
+    if args.threads is not None:
+        raise LowbitError("--threads sets onnxruntime's threads; it goes with --onnx FILE")
+    result = evaluate_export(args.checkpoint, args.data, args.data_dir, args.batch_size)
+    print(json.dumps(result) if args.json else _accuracy_line(result))
+    return 0
+
+
+def _only_data_options(args: argparse.Namespace, what: str, checkpoint: bool) -> None:
+    """A deployed model is evaluated at the bit-width it was exported at, alone: one line
+    for an option that does not apply."""
+    given = (("CHECKPOINT", args.checkpoint if checkpoint else None), ("--bits", args.bits),
+             ("--individual", args.individual), ("--calibration-batches", args.calibration_batches))
+    extra = [name for name, value in given if value is not None]
+    if extra:
+        raise LowbitError(f"{what} alone; drop {extra[0]}")
 
 
 def _import_apot_official(args: argparse.Namespace) -> int:
@@ -298,7 +319,9 @@ def _export(args: argparse.Namespace) -> int:
     model, info = load_model(args.checkpoint)
     model = single_bit_width(model, args.bits)  # a CoQuant network: the chosen bit-width
     keys = ("name", "options", "num_classes", "in_channels")
-    out = export_model(model, args.out, {key: info[key] for key in keys})
+    sample = sample_input(model, info, args.image_size)
+    metadata = checkpoint_metadata(args.checkpoint, info, sample, args.bits)
+    out = export_model(model, args.out, {key: info[key] for key in keys}, run=metadata)
     size = sum(os.path.getsize(path) for path in Path(out).iterdir())
     expected = model_cost(model, sample_input(model, info, args.image_size)).size_mb
     print(
@@ -306,8 +329,6 @@ def _export(args: argparse.Namespace) -> int:
         f"(lowbit report: {significant(expected)} MB)"
     )
     if args.onnx:
-        sample = sample_input(model, info, args.image_size)
-        metadata = checkpoint_metadata(args.checkpoint, info, sample, args.bits)
         path = export_onnx(model, args.onnx, sample, metadata)
         print(f"wrote {path}: {onnx_summary(path)}")
     return 0

@@ -184,13 +184,41 @@ def evaluate_onnx(
     from lowbit.export.onnx_runtime import load_onnx  # onnxruntime only when asked for
 
     model = load_onnx(path, threads)
-    stored = model.metadata.get("config")
+    return _evaluate_deployed(model, model.metadata, str(path), data, data_dir, batch_size)
+
+
+def evaluate_export(
+    export_dir: str | Path,
+    data: str | None = None,
+    data_dir: str | None = None,
+    batch_size: int | None = None,
+) -> dict[str, Any]:
+    """``evaluate_checkpoint`` of a ``lowbit export`` directory, run by the pure-PyTorch deploy
+    runtime (``lowbit.export.runtime.load_runtime``: no onnxruntime needed), on the data of the
+    run config the export stored."""
+    from lowbit.export.runtime import load_runtime, read_manifest
+
+    run = read_manifest(export_dir).get("run") or {}
+    model = load_runtime(export_dir)
+    return _evaluate_deployed(model, run, str(export_dir), data, data_dir, batch_size)
+
+
+def _evaluate_deployed(
+    model: nn.Module,
+    run: dict[str, Any],
+    source: str,
+    data: str | None,
+    data_dir: str | None,
+    batch_size: int | None,
+) -> dict[str, Any]:
+    """Top-1/top-5 of a deployed ``model`` on the test data of ``run["config"]`` (the
+    checkpoint's run config, stored at export)."""
+    stored = run.get("config")
     if not isinstance(stored, dict):
         raise LowbitError(
-            f"{str(path)!r} holds no lowbit run config; export it from a checkpoint with "
-            "lowbit export CKPT -o DIR --onnx FILE"
+            f"{source!r} holds no lowbit run config; export it from a checkpoint with "
+            "lowbit export CKPT -o DIR [--onnx FILE]"
         )
-    source = str(path)
     config = checkpoint_config({"config": stored}, source, data_changes(data, data_dir, batch_size))
     bundle = data_from_config(config, torch.device("cpu"))
     metrics = evaluate(model, bundle.test)
@@ -198,7 +226,7 @@ def evaluate_onnx(
         **metrics,
         "checkpoint": source,
         "model": config.model.name,
-        "method": model.metadata.get("method", config.method),
-        "bits": model.metadata.get("bits", config.bits),
+        "method": run.get("method", config.method),
+        "bits": run.get("bits", config.bits),
         "data": config.data.name,
     }

@@ -154,8 +154,9 @@ def make_checkpoint(path, stage="quant", **settings):
 
 @pytest.mark.parametrize("method", ["apot", "uniq"])
 def test_lowbit_eval_onnx_measures_what_lowbit_eval_measures(method, tmp_path, capsys):
-    """``lowbit export --onnx`` then ``lowbit eval --onnx``: the checkpoint's data loaders
-    (from the run config in the file), the same metrics and the same output line."""
+    """``lowbit export --onnx`` then ``lowbit eval --onnx`` (onnxruntime) and ``lowbit eval
+    EXPORT_DIR`` (the pure-PyTorch runtime): the checkpoint's data loaders (from the run
+    config stored at export), the same metrics and the same output line."""
     make_checkpoint(tmp_path / "c.pt", method=method, bits=3)
     onnx_file = tmp_path / "deploy" / "m.onnx"
     assert main(["export", str(tmp_path / "c.pt"), "-o", str(tmp_path / "d"),
@@ -165,9 +166,15 @@ def test_lowbit_eval_onnx_measures_what_lowbit_eval_measures(method, tmp_path, c
     checkpoint = json.loads(capsys.readouterr().out)
     assert main(["eval", "--onnx", str(onnx_file), "--json", "--threads", "1"]) == 0
     deployed = json.loads(capsys.readouterr().out)
-    for key in ("top1", "top5", "n", "model", "method", "bits", "data"):
-        assert deployed[key] == checkpoint[key], key
-    assert deployed["loss"] == pytest.approx(checkpoint["loss"], rel=1e-5)
+    # The export directory on the pure-PyTorch deploy runtime (no onnxruntime): the same.
+    assert main(["eval", str(tmp_path / "d"), "--json"]) == 0
+    decoded = json.loads(capsys.readouterr().out)
+    for result in (deployed, decoded):
+        for key in ("top1", "top5", "n", "model", "method", "bits", "data"):
+            assert result[key] == checkpoint[key], key
+        assert result["loss"] == pytest.approx(checkpoint["loss"], rel=1e-5)
+    assert main(["eval", str(tmp_path / "d"), "--bits", "3"]) == 2
+    assert "an export directory is evaluated alone; drop --bits" in capsys.readouterr().err
     assert main(["eval", "--onnx", str(onnx_file), "--batch-size", "7"]) == 0
     line = capsys.readouterr().out
     assert line.startswith(f"small_cnn {method} 3-bit on digits ({checkpoint['n']} test images)")

@@ -121,7 +121,8 @@ def sample_input(model: nn.Module, info: dict[str, Any], image_size: int | None 
 def deploy_sizes(model: nn.Module, sample: torch.Tensor, info: dict[str, Any]) -> dict[str, Any]:
     """Bytes of the two deployments of a trained, quantized ``model`` (``info`` from
     ``load_model``): ``export_bytes``, what ``lowbit export`` writes (``export_size``: codes
-    packed to their bits, computed in memory), and ``onnx_bytes``, the integer ONNX graph
+    packed to their bits, computed in memory; the command adds the run's config to the
+    manifest, a few KB), and ``onnx_bytes``, the integer ONNX graph
     (``export_onnx``: 8-bit codes, 4-bit indices for grids of up to 16 levels; the graph only
     exists once the exporter has written it, so it is written to a temporary directory and
     measured; ``lowbit export --onnx`` adds the run's config as metadata, a few KB), with

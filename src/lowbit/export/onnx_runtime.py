@@ -50,7 +50,8 @@ def load_onnx(path: str | Path, threads: int | None = None) -> OnnxModel:
         import onnxruntime
     except ImportError:
         raise LowbitError(
-            "running an ONNX model needs onnxruntime: pip install 'lowbit[onnx]'"
+            "running an ONNX model needs onnxruntime: pip install 'lowbit[onnx]' (or evaluate "
+            "the lowbit export directory on the pure-PyTorch runtime: lowbit eval EXPORT_DIR)"
         ) from None
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1

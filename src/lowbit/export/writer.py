@@ -150,19 +150,24 @@ def export_model(
     out_dir: str | Path,
     model_info: dict[str, Any] | None = None,
     bits: int | None = None,
+    run: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (quantized, trained) to ``out_dir``; returns the directory.
 
     ``model_info`` (``{"name", "options", "num_classes", "in_channels"}``) lets
     ``load_runtime`` rebuild the architecture from the zoo; without it, ``load_runtime`` needs
     the float model. ``bits``: for a network trained at several bit-widths (CoQuant), the one
-    to export (``lowbit.export.bit_width.single_bit_width``). ``out_dir`` may not exist yet, be
+    to export (``lowbit.export.bit_width.single_bit_width``). ``run``: the checkpoint's run
+config and labels (``lowbit.export.onnx.checkpoint_metadata``), from which ``lowbit eval
+EXPORT_DIR`` builds the data loaders. ``out_dir`` may not exist yet, be
     empty, or hold an earlier export (it is replaced); the new export appears complete or not
     at all.
     """
     out_dir = Path(out_dir)
     _check_target(out_dir)
     tensors, manifest = export_contents(model, model_info, bits)
+    if run is not None:  # what lowbit eval EXPORT_DIR needs (not counted by export_size)
+        manifest["run"] = run
     with _atomic_directory(out_dir) as staging:
         save_file(tensors, str(staging / TENSORS), {"format": FORMAT})
         (staging / MANIFEST).write_text(manifest_text(manifest))
