@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import torch
 
-from lowbit.quant.noise import counter_uniforms, element_counters
+from lowbit.quant.noise import counter_gumbels, element_counters
 from lowbit.quant.precision import float32_compute
 from lowbit.quant.rq import local_window, log_cell_probability
 
@@ -55,12 +55,11 @@ def gumbel_multiclass_formula(
 
 
 def gumbel_noise(x: torch.Tensor, slots: int) -> torch.Tensor:
-    """Gumbel(0, 1) samples ``-log(-log u)`` of shape ``x.shape + (slots,)``, ``u`` from the
-    counter-based source RQ uses (``lowbit.quant.noise``: strictly inside (0, 1), the same
-    numbers on every device) under one seed drawn from torch's generator."""
+    """Gumbel(0, 1) samples of shape ``x.shape + (slots,)`` from the counter-based source RQ
+    uses (``lowbit.quant.noise``: the same numbers on every device) under one seed drawn from
+    torch's generator."""
     seed = int(torch.randint(0, 2**63 - 1, ()))
-    u = counter_uniforms(seed, element_counters(x), slots).to(x.dtype)
-    return u.log_().neg_().log_().neg_()
+    return counter_gumbels(seed, element_counters(x), slots, x.dtype)
 
 
 @float32_compute

@@ -60,3 +60,13 @@ def counter_uniforms(seed: int, counters: torch.Tensor, slots: int) -> torch.Ten
 def unit_interval(bits: torch.Tensor) -> torch.Tensor:
     """32-bit hashes (int64 in [0, 2^32)) as float32 numbers strictly inside (0, 1)."""
     return ((bits >> 9).to(torch.float32) + 0.5) * (1.0 / 2**23)
+
+
+def counter_gumbels(
+    seed: int | torch.Tensor, counters: torch.Tensor, slots: int,
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """Gumbel(0, 1) samples ``-log(-log u)`` of shape ``counters.shape + (slots,)``, ``u`` the
+    ``counter_uniforms`` (strictly inside (0, 1): every sample finite), computed in ``dtype``."""
+    uniforms = counter_uniforms(seed, counters, slots).to(dtype)
+    return uniforms.log_().neg_().log_().neg_()

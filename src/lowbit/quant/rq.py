@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from lowbit.errors import require_positive
 from lowbit.quant import native
 from lowbit.quant.logistic_grid import LogisticGrid, in_layout_of, round_to_grid
-from lowbit.quant.noise import counter_uniforms, element_counters
+from lowbit.quant.noise import counter_gumbels, element_counters
 from lowbit.quant.precision import float32_compute
 
 MIN_TEMPERATURE, ANNEAL_SCALE, ANNEAL_EVERY = 0.5, 1e5, 1000  # App. F annealing schedule
@@ -102,8 +102,7 @@ def _sample(
     k = _window_start(x, alpha, size, lo, hi) + points
     upper = (alpha * (k + 0.5) - x) / sigma
     lower = upper - alpha / sigma
-    uniforms = counter_uniforms(seed, element_counters(x), size).movedim(-1, 0)
-    gumbel = uniforms.log_().neg_().log_().neg_()
+    gumbel = counter_gumbels(seed, element_counters(x), size).movedim(-1, 0)
     # log pi_k (Eq. 1) without its term shared by every k, which the softmax drops.
     logits = F.logsigmoid(upper).add_(F.logsigmoid(-lower)).add_(gumbel).div_(temperature)
     weights = logits.sub_(logits.amax(0)).exp_()
